@@ -1,0 +1,213 @@
+"""Disjoint LinUCB (Li et al. 2010), as LASeR uses it to pick a reward model per query.
+
+Per arm k: `A_k = lambda*I`, `b_k = 0`. Select `argmax_k theta_k.x + alpha*sqrt(x' A_k^-1 x)`
+with `theta_k = A_k^-1 b_k`; update the chosen arm with `A_k += x x'`, `b_k += r x`.
+`A_k^-1` is kept current with the Sherman-Morrison identity (one rank-1 update per step,
+never an inversion) and `theta_k` with the matching recursive-least-squares step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from laser.bandit.base import ArmSet, FloatArray, Selection, check_reward
+from laser.bandit.errors import InvalidInputError
+
+
+def _same(a: FloatArray, b: FloatArray | None) -> bool:
+    return b is not None and bool(np.array_equal(a, b))
+
+
+# UCB scores closer than this (relative) are a tie, broken by the seeded generator.
+_TIE_RTOL = 1e-12
+
+
+@dataclass(frozen=True)
+class LinUCBConfig:
+    """LinUCB's settings. Invalid values raise `ValueError` at construction.
+
+    >>> LinUCBConfig(dim=64, alpha=0.1).ridge
+    1.0
+    """
+
+    dim: int
+    """Context dimension d (after any projection the featurizer does)."""
+    alpha: float = 0.1
+    """Width of the confidence bonus; the LASeR reference code uses 0.1."""
+    ridge: float = 1.0
+    """lambda in A_k = lambda*I: the prior's strength."""
+    epsilon: float = 0.0
+    """With this probability pick an enabled arm uniformly at random instead of the UCB
+    argmax, so every arm keeps a non-zero propensity (for off-policy evaluation)."""
+    seed: int = 0
+    """Seeds tie-breaking and epsilon exploration."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha!r}")
+        if not (math.isfinite(self.ridge) and self.ridge > 0):
+            raise ValueError(f"ridge (lambda) must be finite and > 0, got {self.ridge!r}")
+        if not (0.0 <= self.epsilon <= 1.0):
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon!r}")
+
+
+class LinUCB(ArmSet):
+    """Disjoint LinUCB over named arms.
+
+    >>> bandit = LinUCB(LinUCBConfig(dim=2), ["a", "b"])
+    >>> x = np.array([1.0, 0.0])
+    >>> bandit.update("b", x, 1.0)
+    >>> bandit.select(x).arm
+    'b'
+    """
+
+    kind = "linucb"
+
+    def __init__(self, config: LinUCBConfig, arms: Iterable[str] = ()) -> None:
+        self.config = config
+        d = config.dim
+        self._a_inv: FloatArray = np.zeros((0, d, d))
+        self._b: FloatArray = np.zeros((0, d))
+        self._theta: FloatArray = np.zeros((0, d))
+        self._rng = np.random.default_rng(config.seed)
+        # A^-1 x per enabled arm from the last select(), reused when update() gets the same x.
+        self._last_x: FloatArray | None = None
+        self._last_v: dict[int, FloatArray] = {}
+        self._scratch: FloatArray = np.empty((d, d))
+        super().__init__(())
+        self.add_arms(arms)
+
+    # -- arms -------------------------------------------------------------------------------
+    def add_arm(self, name: str) -> None:
+        """Add an arm while running; it starts from the prior (A = lambda*I, b = 0)."""
+        self.add_arms([name])
+
+    def add_arms(self, names: Iterable[str]) -> None:
+        names = list(names)
+        for name in names:
+            self._register(name)
+        k, d = len(self._names), self.config.dim
+        a_inv = np.empty((k, d, d))
+        a_inv[: len(self._a_inv)] = self._a_inv
+        a_inv[len(self._a_inv) :] = np.eye(d) / self.config.ridge
+        self._a_inv = a_inv
+        self._b = np.concatenate([self._b, np.zeros((len(names), d))])
+        self._theta = np.concatenate([self._theta, np.zeros((len(names), d))])
+        self._last_x = None
+
+    # -- the algorithm ----------------------------------------------------------------------
+    def _context(self, x: npt.ArrayLike) -> FloatArray:
+        try:
+            arr = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"context must be numeric: {exc}") from exc
+        if arr.shape != (self.config.dim,):
+            raise InvalidInputError(
+                f"context must have shape ({self.config.dim},), got {arr.shape}"
+            )
+        if not math.isfinite(float(arr @ arr)):  # one pass; NaN/inf anywhere poisons it
+            raise InvalidInputError("context contains NaN or inf (or is too large)")
+        return arr
+
+    def select(self, x: npt.ArrayLike) -> Selection:
+        """Pick an enabled arm for context `x` (shape `(dim,)`)."""
+        ctx = self._context(x)
+        idx = self._enabled_indices()
+        if len(idx) == len(self._names):  # the common case: no copy of the (K, d, d) stack
+            v = self._a_inv @ ctx  # (K, d): A_k^-1 x
+            means = self._theta @ ctx
+        else:
+            v = self._a_inv[idx] @ ctx
+            means = self._theta[idx] @ ctx
+        widths = np.sqrt(np.maximum(v @ ctx, 0.0))
+        ucb = (means + self.config.alpha * widths).tolist()
+        self._last_x = ctx.copy()  # the caller may reuse its array before update()
+        self._last_v = dict(zip(idx, v, strict=True))
+
+        best = max(ucb)
+        floor = best - _TIE_RTOL * max(1.0, abs(best))
+        ties = [j for j, u in enumerate(ucb) if u >= floor]
+        eps = self.config.epsilon
+        explored = eps > 0 and float(self._rng.random()) < eps
+        if explored:
+            pick = int(self._rng.integers(len(idx)))
+        else:
+            pick = ties[0] if len(ties) == 1 else ties[int(self._rng.integers(len(ties)))]
+        propensity = eps / len(idx) + ((1 - eps) / len(ties) if pick in ties else 0.0)
+        names = [self._names[i] for i in idx]
+        return Selection(
+            arm=names[pick],
+            index=idx[pick],
+            score=ucb[pick],
+            propensity=propensity,
+            expectations=dict(zip(names, means.tolist(), strict=True)),
+            widths=dict(zip(names, widths.tolist(), strict=True)),
+            explored=explored,
+        )
+
+    def update(self, arm: str, x: npt.ArrayLike, reward: float) -> None:
+        """Credit `reward` to `arm` for context `x`: A += x x', b += r x (disabled arms too)."""
+        k = self.index(arm)
+        r = check_reward(reward)
+        ctx = self._context(x)
+        u = self._last_v.get(k) if _same(ctx, self._last_x) else None
+        if u is None:
+            u = self._a_inv[k] @ ctx
+        den = 1.0 + float(ctx @ u)
+        # Sherman-Morrison: (A + x x')^-1 = A^-1 - (A^-1 x)(A^-1 x)' / (1 + x' A^-1 x).
+        # The outer product goes through a reused buffer: at d=384 a fresh 1 MiB temporary
+        # per update costs more than the arithmetic.
+        np.dot((u / den)[:, None], u[None, :], out=self._scratch)
+        self._a_inv[k] -= self._scratch
+        # Recursive least squares, the matching theta step: theta += u (r - x.theta) / den.
+        self._theta[k] += u * ((r - float(ctx @ self._theta[k])) / den)
+        self._b[k] += r * ctx
+        self._last_x = None
+        self._last_v = {}
+        self._record(k, r)
+
+    # -- inspection -------------------------------------------------------------------------
+    def a_inverse(self, arm: str) -> FloatArray:
+        """A copy of the arm's current A^-1."""
+        return np.array(self._a_inv[self.index(arm)])
+
+    def theta(self, arm: str) -> FloatArray:
+        return np.array(self._theta[self.index(arm)])
+
+    def b(self, arm: str) -> FloatArray:
+        return np.array(self._b[self.index(arm)])
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to predict identically: JSON-able `meta` plus numpy `arrays`."""
+        meta = {"kind": self.kind, "config": asdict(self.config), **self._arms_meta()}
+        meta["rng"] = self._rng.bit_generator.state
+        arrays = {"a_inv": self._a_inv.copy(), "b": self._b.copy(), "theta": self._theta.copy()}
+        return {"meta": meta, "arrays": arrays}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        meta, arrays = state["meta"], state["arrays"]
+        config = LinUCBConfig(**meta["config"])
+        k, d = len(meta["arms"]), config.dim
+        shapes = {"a_inv": (k, d, d), "b": (k, d), "theta": (k, d)}
+        for name, shape in shapes.items():
+            if np.shape(arrays[name]) != shape:
+                raise ValueError(f"{name} has shape {np.shape(arrays[name])}, expected {shape}")
+        self.config = config
+        self._load_arms_meta(meta)
+        self._a_inv = np.array(arrays["a_inv"], dtype=np.float64)
+        self._b = np.array(arrays["b"], dtype=np.float64)
+        self._theta = np.array(arrays["theta"], dtype=np.float64)
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = meta["rng"]
+        self._scratch = np.empty((config.dim, config.dim))
+        self._last_x = None
+        self._last_v = {}

@@ -1,0 +1,1 @@
+"""laser.server: the FastAPI app, reranking pipeline, engines, reward models, training."""
