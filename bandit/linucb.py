@@ -175,6 +175,21 @@ class LinUCB(ArmSet):
         self._record(k, r)
 
     # -- inspection -------------------------------------------------------------------------
+    def predict(self, x: npt.ArrayLike) -> dict[str, dict[str, float]]:
+        """Each enabled arm's expectation, width and UCB for `x`; no draw, no side effect."""
+        ctx = self._context(x)
+        out = {}
+        for name in self.enabled_arms:
+            k = self._index[name]
+            mean = float(self._theta[k] @ ctx)
+            width = math.sqrt(max(float(ctx @ self._a_inv[k] @ ctx), 0.0))
+            out[name] = {
+                "expectation": mean,
+                "width": width,
+                "ucb": mean + self.config.alpha * width,
+            }
+        return out
+
     def a_inverse(self, arm: str) -> FloatArray:
         """A copy of the arm's current A^-1."""
         return np.array(self._a_inv[self.index(arm)])

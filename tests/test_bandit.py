@@ -70,6 +70,10 @@ def test_select_reports_every_enabled_arm() -> None:
     assert sel.widths["b"] == pytest.approx(float(np.linalg.norm(x)))
     assert sel.arm == "a" and sel.propensity == 1.0 and not sel.explored
     assert sel.score == pytest.approx(sel.expectations["a"] + 0.5 * sel.widths["a"])
+    pred = bandit.predict(x)
+    assert set(pred) == {"a", "b"}
+    assert pred["a"]["expectation"] == pytest.approx(sel.expectations["a"])
+    assert pred["b"]["width"] == pytest.approx(sel.widths["b"])
 
 
 def _regions_problem(seed: int, rounds: int, make):  # type: ignore[no-untyped-def]

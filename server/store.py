@@ -1,0 +1,238 @@
+"""The durable log: every decision, every feedback, bandit snapshots. SQLite in WAL mode.
+
+Nothing is acknowledged before it is committed here (`synchronous=FULL`: each commit is
+fsynced). All access goes through one connection on one worker thread, so writes are
+serialised without locks and the event loop never blocks on disk.
+
+Tables:
+- `decisions`: id, created, prompt, task, has_document, arm, propensity, selection kind,
+  context (float64 bytes), scores (JSON list), chosen index, model
+- `feedback`: seq (monotonic), decision id (unique: first feedback stands), reward, created
+- `snapshots`: seq, created, last feedback seq folded in, bandit state (laser.bandit bytes)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    prompt TEXT NOT NULL,
+    task TEXT,
+    has_document INTEGER NOT NULL,
+    arm TEXT NOT NULL,
+    propensity REAL NOT NULL,
+    selection TEXT NOT NULL,
+    context BLOB NOT NULL,
+    scores TEXT NOT NULL,
+    chosen INTEGER NOT NULL,
+    model TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id),
+    reward REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    feedback_seq INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+"""
+
+
+class UnknownDecisionError(KeyError):
+    """Feedback for an id the store never saw."""
+
+
+class DuplicateFeedbackError(ValueError):
+    """A second feedback for the same decision (the first one stands)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: str
+    created: float
+    prompt: str
+    task: str | None
+    has_document: bool
+    arm: str
+    propensity: float
+    selection: str
+    context: np.ndarray
+    scores: list[float | None]
+    chosen: int
+    model: str
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    seq: int
+    decision_id: str
+    reward: float
+    arm: str
+    context: np.ndarray
+
+
+class Store:
+    """Async façade over one SQLite connection running on a dedicated thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laser-store")
+        self._conn: sqlite3.Connection | None = None
+        self._pool.submit(self._open).result()
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "store is closed"
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def run_sync(self, fn: Any, *args: Any) -> Any:
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._pool.submit(self.conn.close).result()
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
+    # -- decisions --------------------------------------------------------------------------
+    def _insert_decision(self, d: Decision) -> None:
+        self.conn.execute(
+            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                d.id,
+                d.created,
+                d.prompt,
+                d.task,
+                int(d.has_document),
+                d.arm,
+                d.propensity,
+                d.selection,
+                np.asarray(d.context, dtype=np.float64).tobytes(),
+                json.dumps(d.scores),
+                d.chosen,
+                d.model,
+            ),
+        )
+
+    async def add_decision(self, d: Decision) -> None:
+        await self._run(self._insert_decision, d)
+
+    def _get_decision(self, decision_id: str) -> Decision | None:
+        row = self.conn.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        if row is None:
+            return None
+        return Decision(
+            id=row[0],
+            created=row[1],
+            prompt=row[2],
+            task=row[3],
+            has_document=bool(row[4]),
+            arm=row[5],
+            propensity=row[6],
+            selection=row[7],
+            context=np.frombuffer(row[8], dtype=np.float64),
+            scores=json.loads(row[9]),
+            chosen=row[10],
+            model=row[11],
+        )
+
+    async def get_decision(self, decision_id: str) -> Decision | None:
+        result: Decision | None = await self._run(self._get_decision, decision_id)
+        return result
+
+    # -- feedback ---------------------------------------------------------------------------
+    def _insert_feedback(self, decision_id: str, reward: float) -> tuple[int, Decision]:
+        decision = self._get_decision(decision_id)
+        if decision is None:
+            raise UnknownDecisionError(decision_id)
+        try:
+            cur = self.conn.execute(
+                "INSERT INTO feedback (decision_id, reward, created) VALUES (?,?,?)",
+                (decision_id, reward, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise DuplicateFeedbackError(decision_id) from None
+        return int(cur.lastrowid or 0), decision
+
+    async def add_feedback(self, decision_id: str, reward: float) -> tuple[int, Decision]:
+        """Commit a feedback; returns its sequence number and the decision it rates."""
+        result: tuple[int, Decision] = await self._run(self._insert_feedback, decision_id, reward)
+        return result
+
+    def feedback_after(self, seq: int) -> list[FeedbackRow]:
+        """Feedback with sequence number > `seq`, oldest first, joined with its decision."""
+        rows = self.run_sync(
+            lambda: self.conn.execute(
+                "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context FROM feedback f "
+                "JOIN decisions d ON d.id = f.decision_id WHERE f.seq > ? ORDER BY f.seq",
+                (seq,),
+            ).fetchall()
+        )
+        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(r[4])) for r in rows]
+
+    # -- snapshots --------------------------------------------------------------------------
+    def _insert_snapshot(self, feedback_seq: int, state: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO snapshots (created, feedback_seq, state) VALUES (?,?,?)",
+            (time.time(), feedback_seq, state),
+        )
+        # Keep the last few; older ones only cost disk.
+        self.conn.execute(
+            "DELETE FROM snapshots WHERE seq NOT IN "
+            "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 5)"
+        )
+
+    async def add_snapshot(self, feedback_seq: int, state: bytes) -> None:
+        await self._run(self._insert_snapshot, feedback_seq, state)
+
+    def add_snapshot_sync(self, feedback_seq: int, state: bytes) -> None:
+        self.run_sync(self._insert_snapshot, feedback_seq, state)
+
+    def latest_snapshot(self) -> tuple[int, bytes] | None:
+        row = self.run_sync(
+            lambda: self.conn.execute(
+                "SELECT feedback_seq, state FROM snapshots ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        )
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def counts(self) -> dict[str, int]:
+        def q() -> dict[str, int]:
+            c = self.conn
+            return {
+                "decisions": c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0],
+                "feedback": c.execute("SELECT COUNT(*) FROM feedback").fetchone()[0],
+            }
+
+        result: dict[str, int] = self.run_sync(q)
+        return result

