@@ -167,7 +167,8 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             return _error(
                 413,
                 error_body(
-                    f"request body of {length} bytes is over the {settings.max_body_bytes}-byte limit",
+                    f"request body of {length} bytes is over the limit "
+                    f"({settings.max_body_bytes} bytes)",
                     "invalid_request_error",
                     code="body_too_large",
                 ),
