@@ -17,10 +17,21 @@ from tests.conftest import MODEL_CACHE, free_port
 def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LASER_CACHE_DIR": str(MODEL_CACHE), "LASER_ENGINE__MAX_MODEL_LEN": "1024"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "laser.server.cli", "serve", "--data-dir", str(data_dir),
-         "--port", str(port)],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "laser.server.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -47,12 +58,17 @@ def test_sigkill_after_acknowledged_feedback_loses_nothing(tmp_path: Path) -> No
     try:
         ids = []
         for i in range(4):
-            r = httpx.post(url + "/generate", json={"prompt": f"What is {i} + 1?", "n": 2,
-                                                     "max_tokens": 4}, timeout=120)  # fmt: skip
+            r = httpx.post(
+                url + "/generate",
+                json={"prompt": f"What is {i} + 1?", "n": 2, "max_tokens": 4},
+                timeout=120,
+            )
             assert r.status_code == 200, r.text
             ids.append(r.json()["id"])
         for i, decision_id in enumerate(ids[:3]):
-            fb = httpx.post(url + "/feedback", json={"id": decision_id, "reward": i / 2}, timeout=60)
+            fb = httpx.post(
+                url + "/feedback", json={"id": decision_id, "reward": i / 2}, timeout=60
+            )
             assert fb.status_code == 200, fb.text
         probe = {"prompt": "What is 7 + 1?"}
         before = httpx.post(url + "/bandit/predict", json=probe, timeout=60).json()
