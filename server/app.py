@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from laser.server.config import Settings
 from laser.server.engine import Engine
-from laser.server.errors import APIError, ConflictError, error_body
+from laser.server.errors import APIError, BadRequestError, ConflictError, error_body
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.metrics import Metrics
 from laser.server.pipeline import Reranker
@@ -190,11 +190,14 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         reranker: Reranker = request.app.state.reranker
-        request_id = request.headers.get("x-request-id") or f"gen-{uuid.uuid4().hex}"
+        given = request.headers.get("x-request-id")
+        request_id = given or f"gen-{uuid.uuid4().hex}"
         if len(request_id) > 128:
-            raise ConflictError("X-Request-Id is longer than 128 characters", param="X-Request-Id")
+            raise BadRequestError(
+                "X-Request-Id is longer than 128 characters", param="X-Request-Id"
+            )
         try:
-            return await reranker.generate(body, request_id)
+            return await reranker.generate(body, request_id, check_id=given is not None)
         except sqlite3.IntegrityError:
             raise ConflictError(f"request id {request_id!r} was used already") from None
 

@@ -204,7 +204,9 @@ class Reranker:
             raise ValueError(f"RM {arm} returned {len(scores)} scores with NaN/inf or wrong length")
         return [float(s) for s in scores]
 
-    async def generate(self, req: GenerateRequest, request_id: str) -> GenerateResponse:
+    async def generate(
+        self, req: GenerateRequest, request_id: str, check_id: bool = True
+    ) -> GenerateResponse:
         s = self.settings
         n = req.n or s.n_default
         if n > s.n_max:
@@ -221,7 +223,9 @@ class Reranker:
                 f"{', '.join(self.reward_models)}",
                 param="reward_model",
             )
-        if await self.store.get_decision(request_id) is not None:
+        # Ids the caller chose are checked before any work; our own uuid4 ids need no
+        # round trip (the primary key still guards both).
+        if check_id and await self.store.get_decision(request_id) is not None:
             raise ConflictError(f"request id {request_id!r} was used already", param="id")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
