@@ -21,6 +21,7 @@ from laser.server.engine import Engine
 from laser.server.errors import APIError, BadRequestError, ConflictError, error_body
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.metrics import Metrics
+from laser.server.openai_api import router as openai_router
 from laser.server.pipeline import Reranker
 from laser.server.protocol import (
     ErrorResponse,
@@ -186,6 +187,8 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             path = getattr(route, "path", "unmatched")
             metrics.requests.labels(path, str(response.status_code)).inc()
         return response
+
+    app.include_router(openai_router)
 
     @app.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:

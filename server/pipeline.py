@@ -152,7 +152,10 @@ class Reranker:
         for _ in range(4):
             if docs:
                 msgs[users[-1]] = {"role": "user", "content": format_documents(question, docs)}
-            prompt = self.engine.render_chat(msgs)
+            if req.raw and req.prompt is not None and not docs:
+                prompt = question
+            else:
+                prompt = self.engine.render_chat(msgs)
             n_tokens = self.engine.count_tokens(prompt)
             excess = n_tokens - budget
             if excess <= 0:

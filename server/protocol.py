@@ -48,6 +48,9 @@ class GenerateRequest(BaseModel):
     task: str | None = Field(None, max_length=64, description="optional task hint")
     reference: str | None = Field(None, description="gold answer, for evaluation")
     return_candidates: bool = False
+    raw: bool = Field(
+        False, description="feed `prompt` as-is, without the chat template (/v1/completions)"
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
