@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sqlite3
 import uuid
@@ -10,15 +11,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from laser.server.config import Settings
+from laser.server.config import RewardModelSpec, Settings
 from laser.server.engine import Engine
-from laser.server.errors import APIError, BadRequestError, ConflictError, error_body
+from laser.server.errors import (
+    APIError,
+    BadRequestError,
+    ConflictError,
+    UnauthorizedError,
+    error_body,
+)
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.metrics import Metrics
 from laser.server.openai_api import router as openai_router
@@ -98,7 +105,11 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             for spec in settings.reward_models
         }
         metrics = Metrics()
-        reranker = Reranker(settings, svc.engine, featurizer, rms, store, metrics)
+
+        def build_rm(spec: RewardModelSpec) -> Any:
+            return build_reward_model(spec, engine=svc.engine, encoder=svc.encoder)
+
+        reranker = Reranker(settings, svc.engine, featurizer, rms, store, metrics, build_rm)
         await reranker.warmup()
         app.state.settings = settings
         app.state.reranker = reranker
@@ -188,9 +199,65 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
-    app.include_router(openai_router)
+    def _check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = (
+            auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        )
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise UnauthorizedError(
+                "missing or wrong API key",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
-    @app.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
+    def require_admin(request: Request) -> None:
+        _check_key(request)
+
+    def require_user(request: Request) -> None:
+        if settings.protect_generate:
+            _check_key(request)
+
+    user = [Depends(require_user)]
+    admin = [Depends(require_admin)]
+    app.include_router(openai_router, dependencies=user)
+
+    @app.get("/admin/reward-models", dependencies=admin)
+    async def admin_rms(request: Request) -> dict[str, Any]:
+        return request.app.state.reranker.summary()["arms"]  # type: ignore[no-any-return]
+
+    @app.post("/admin/reward-models", dependencies=admin, status_code=201)
+    async def admin_add_rm(spec: RewardModelSpec, request: Request) -> dict[str, Any]:
+        reranker: Reranker = request.app.state.reranker
+        await reranker.add_reward_model(spec)
+        return reranker.summary()["arms"][spec.name]  # type: ignore[index,no-any-return]
+
+    @app.post("/admin/reward-models/{name}/{action}", dependencies=admin)
+    async def admin_toggle_rm(name: str, action: str, request: Request) -> dict[str, Any]:
+        if action not in ("enable", "disable"):
+            raise BadRequestError("action must be enable or disable", param="action")
+        reranker: Reranker = request.app.state.reranker
+        await reranker.set_enabled(name, action == "enable")
+        return reranker.summary()["arms"][name]  # type: ignore[index,no-any-return]
+
+    @app.get("/admin/bandit", dependencies=admin)
+    async def admin_bandit(request: Request) -> dict[str, Any]:
+        return request.app.state.reranker.summary()  # type: ignore[no-any-return]
+
+    @app.post("/admin/bandit/snapshot", dependencies=admin)
+    async def admin_snapshot(request: Request) -> dict[str, Any]:
+        reranker: Reranker = request.app.state.reranker
+        await reranker.snapshot()
+        return {"snapshot": True, "feedback_seq": reranker.summary()["feedback_seq"]}
+
+    @app.post(
+        "/generate",
+        response_model=GenerateResponse,
+        response_model_exclude_none=True,
+        dependencies=user,
+    )
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         reranker: Reranker = request.app.state.reranker
         given = request.headers.get("x-request-id")
@@ -204,7 +271,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         except sqlite3.IntegrityError:
             raise ConflictError(f"request id {request_id!r} was used already") from None
 
-    @app.post("/feedback", response_model=FeedbackResponse)
+    @app.post("/feedback", response_model=FeedbackResponse, dependencies=user)
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
         reranker: Reranker = request.app.state.reranker
         return await reranker.feedback(body.id, float(body.reward))

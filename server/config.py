@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     document_policy: Literal["truncate", "reject"] = "truncate"
     rm_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    api_key: str | None = Field(
+        None, description="when set, admin routes need `Authorization: Bearer <key>`"
+    )
+    protect_generate: bool = Field(False, description="require the API key on generation too")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)

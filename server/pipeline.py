@@ -11,14 +11,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes, to_bytes
 from laser.server import answers
-from laser.server.config import Settings
+from laser.server.config import RewardModelSpec, Settings
 from laser.server.engine import Engine, EngineError, Sampling
 from laser.server.errors import (
     BadRequestError,
@@ -83,12 +83,21 @@ class Reranker:
         reward_models: Mapping[str, RewardModel],
         store: Store,
         metrics: Metrics | None = None,
+        build_rm: Callable[[RewardModelSpec], RewardModel] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.featurizer = featurizer
         self.reward_models = dict(reward_models)
+        self.build_rm = build_rm
         self.store = store
+        # RMs added or switched off through the admin API survive restarts.
+        disabled: set[str] = set()
+        for name, spec_json, enabled in store.reward_model_rows():
+            if name not in self.reward_models and build_rm is not None:
+                self.reward_models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json))
+            if not enabled:
+                disabled.add(name)
         self.metrics = metrics or Metrics()
         self.stats = {name: RMStats() for name in self.reward_models}
         b = settings.bandit
@@ -99,6 +108,9 @@ class Reranker:
         self._feedback_seq = 0
         self._since_snapshot = 0
         self._restore()
+        for name in disabled:
+            if name in self.bandit.arms:
+                self.bandit.disable_arm(name)
 
     # -- restore ----------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -384,6 +396,35 @@ class Reranker:
         return FeedbackResponse(
             id=decision_id, reward=reward, reward_model=decision.arm, applied=applied
         )
+
+    # -- admin ------------------------------------------------------------------------------
+    async def add_reward_model(self, spec: RewardModelSpec) -> None:
+        """A new RM while serving: a new bandit arm, starting from the prior."""
+        if spec.name in self.bandit.arms or spec.name in self.reward_models:
+            raise ConflictError(f"reward model {spec.name!r} exists already", param="name")
+        if self.build_rm is None:
+            raise BadRequestError("this server cannot build reward models at run time")
+        try:
+            rm = self.build_rm(spec)
+        except (TypeError, ValueError) as exc:
+            raise BadRequestError(f"cannot build {spec.name!r}: {exc}", param="options") from exc
+        await self.store.put_reward_model(spec.name, spec.model_dump_json(), True)
+        self.reward_models[spec.name] = rm
+        self.stats[spec.name] = RMStats()
+        self.bandit.add_arm(spec.name)
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self.reward_models:
+            raise NotFoundError(f"no reward model {name!r}", param="name")
+        if not enabled and self.bandit.enabled_arms == [name]:
+            raise ConflictError("cannot disable the last enabled reward model", param="name")
+        spec = RewardModelSpec(name=name, kind=self.reward_models[name].kind)  # type: ignore[arg-type]
+        rows = {n: sj for n, sj, _ in self.store.reward_model_rows()}
+        await self.store.put_reward_model(name, rows.get(name, spec.model_dump_json()), enabled)
+        if enabled:
+            self.bandit.enable_arm(name)
+        else:
+            self.bandit.disable_arm(name)
 
     async def warmup(self) -> None:
         """One tiny generation and likelihood pass, so the first user request is not slow."""

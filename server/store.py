@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS feedback (
     reward REAL NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reward_models (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     created REAL NOT NULL,
@@ -225,6 +231,26 @@ class Store:
             ).fetchone()
         )
         return None if row is None else (int(row[0]), bytes(row[1]))
+
+    # -- reward models changed through the admin API ----------------------------------------
+    def _put_rm(self, name: str, spec: str, enabled: bool) -> None:
+        self.conn.execute(
+            "INSERT INTO reward_models VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+            "spec = excluded.spec, enabled = excluded.enabled, updated = excluded.updated",
+            (name, spec, int(enabled), time.time()),
+        )
+
+    async def put_reward_model(self, name: str, spec: str, enabled: bool) -> None:
+        """Record an RM added or switched on/off at run time (JSON spec)."""
+        await self._run(self._put_rm, name, spec, enabled)
+
+    def reward_model_rows(self) -> list[tuple[str, str, bool]]:
+        rows = self.run_sync(
+            lambda: self.conn.execute(
+                "SELECT name, spec, enabled FROM reward_models ORDER BY updated"
+            ).fetchall()
+        )
+        return [(r[0], r[1], bool(r[2])) for r in rows]
 
     def counts(self) -> dict[str, int]:
         def q() -> dict[str, int]:
