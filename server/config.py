@@ -66,7 +66,7 @@ class BanditSettings(_Section):
 
 class RewardModelSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    kind: Literal["loglik", "agreement", "relevance"]
+    kind: Literal["loglik", "agreement", "relevance", "hf"]
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +28,7 @@ from laser.server.errors import (
 )
 from laser.server.featurize import Featurizer
 from laser.server.metrics import Metrics
+from laser.server.prompts import TRUNCATION_MARK, format_documents
 from laser.server.protocol import (
     Candidate,
     FeedbackResponse,
@@ -39,18 +40,6 @@ from laser.server.rewards import Query, RewardModel
 from laser.server.store import Decision, DuplicateFeedbackError, Store, UnknownDecisionError
 
 log = logging.getLogger("laser.server")
-
-# The documented long-context QA template (one document, or several numbered ones).
-DOC_TEMPLATE = "Read the document and answer the question.\n\n{docs}\n\nQuestion: {question}"
-MULTI_DOC_TEMPLATE = "Read the documents and answer the question.\n\n{docs}\n\nQuestion: {question}"
-TRUNCATION_MARK = " [...]"
-
-
-def format_documents(question: str, documents: Sequence[str]) -> str:
-    if len(documents) == 1:
-        return DOC_TEMPLATE.format(docs=f"Document:\n{documents[0]}", question=question)
-    docs = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(documents))
-    return MULTI_DOC_TEMPLATE.format(docs=docs, question=question)
 
 
 @dataclass

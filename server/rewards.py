@@ -24,6 +24,7 @@ from laser.server import answers
 from laser.server.config import RewardModelSpec
 from laser.server.engine import Engine
 from laser.server.featurize import SentenceEncoder
+from laser.server.prompts import format_documents
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,65 @@ class RelevanceRM:
         return await asyncio.to_thread(self._score, query, responses)
 
 
+class HFRewardModel:
+    """A transformers sequence-classification RM (RewardBench kind), batched, CPU or GPU.
+
+    The (question, response) pair goes through the RM's own chat template when it has one
+    (user turn, assistant turn); the first logit is the score.
+    """
+
+    kind = "hf"
+
+    def __init__(
+        self, name: str, path: str, device: str = "cpu", batch_size: int = 8, max_length: int = 2048
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name, self.device = name, device
+        self.batch_size, self.max_length = batch_size, max_length
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def texts(self, query: Query, responses: Sequence[str]) -> list[str]:
+        user = (
+            format_documents(query.question, query.documents) if query.documents else query.question
+        )
+        if self.tokenizer.chat_template:
+            return [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": user}, {"role": "assistant", "content": r}],
+                    tokenize=False,
+                )
+                for r in responses
+            ]
+        return [f"{user}\n\n{r}" for r in responses]
+
+    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        torch = self._torch
+        texts = self.texts(query, responses)
+        out: list[float] = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                out.extend(self.model(**batch).logits[:, 0].float().cpu().tolist())
+        return out
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        return await asyncio.to_thread(self._score, query, responses)
+
+
 def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: SentenceEncoder) -> Any:
     """Instantiate the RM a config entry describes."""
     opts = dict(spec.options)
@@ -125,4 +185,8 @@ def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: Senten
         return AgreementRM(spec.name, use_reference=bool(opts.get("use_reference", True)))
     if spec.kind == "relevance":
         return RelevanceRM(spec.name, encoder, **opts)
+    if spec.kind == "hf":
+        if "path" not in opts:
+            raise ValueError("an `hf` reward model needs options.path (a model folder)")
+        return HFRewardModel(spec.name, **opts)
     raise ValueError(f"unknown reward model kind {spec.kind!r}")
