@@ -68,6 +68,22 @@ def load_services(settings: Settings) -> Services:
             str(assets.embedded_model(settings.model_cache)),
             assets.EMBEDDED_MODEL_NAME,
         )
+    engine: Engine
+    if e.kind == "remote":
+        from laser.server.engine import RemoteOpenAIEngine
+
+        if not e.url:
+            raise ValueError("engine.kind = 'remote' needs engine.url")
+        log.info("remote engine at %s (model %s)", e.url, e.served_name or name)
+        engine = RemoteOpenAIEngine(
+            e.url,
+            model=e.served_name or name,
+            tokenizer=e.tokenizer or model_path,
+            max_model_len=e.max_model_len,
+            api_key=e.api_key,
+        )
+        enc_path = settings.featurizer.model or str(assets.minilm_path())
+        return Services(engine=engine, encoder=SentenceEncoder(enc_path))
     log.info("starting engine: vLLM, model %s (%s)", name, model_path)
     engine = VLLMEngine(
         model_path,

@@ -38,8 +38,12 @@ class _Section(BaseModel):
 
 
 class EngineSettings(_Section):
-    kind: Literal["vllm"] = "vllm"
+    kind: Literal["vllm", "remote"] = "vllm"
     model: str = Field("", description="HF model folder; empty = embedded SmolLM2-135M-Instruct")
+    url: str = Field("", description="remote: base URL of an OpenAI-compatible server")
+    served_name: str = Field("", description="remote: the model name the server knows")
+    tokenizer: str = Field("", description="remote: local tokenizer folder (default: model)")
+    api_key: str | None = Field(None, description="remote: bearer token for the server")
     max_model_len: int = Field(2048, ge=64)
     seed: int = 0
     dtype: str = "auto"
