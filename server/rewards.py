@@ -176,6 +176,89 @@ class HFRewardModel:
         return await asyncio.to_thread(self._score, query, responses)
 
 
+JUDGE_TEMPLATE = (
+    "{user}\n\nProposed answer: {response}\n\nIs the proposed answer correct? Reply with Yes or No."
+)
+
+
+class JudgeRM:
+    """An LM asked whether each answer is right: score = log p(Yes) - log p(No).
+
+    Uses the serving engine's LM (the policy by default), one likelihood request per
+    candidate and verdict, all batched by the engine.
+    """
+
+    kind = "judge"
+
+    def __init__(self, name: str, engine: Engine) -> None:
+        self.name, self.engine = name, engine
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        user = (
+            format_documents(query.question, query.documents) if query.documents else query.question
+        )
+
+        async def one(response: str) -> float:
+            content = JUDGE_TEMPLATE.format(user=user, response=response)
+            prompt = self.engine.render_chat([{"role": "user", "content": content}])
+            yes, no = await self.engine.loglikelihoods(prompt, ["Yes", "No"])
+            return yes - no
+
+        return list(await asyncio.gather(*(one(r) for r in responses)))
+
+
+class RemoteRM:
+    """An RM behind HTTP, plain JSON protocol (documented in the README):
+
+        POST <url>  {"question", "prompt", "documents", "task", "responses": [...]}
+        200         {"scores": [float, ...]}   one per response, same order
+
+    Timeouts and retries (on connection errors, 429 and 5xx) are per call.
+    """
+
+    kind = "remote"
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        timeout: float = 30.0,
+        retries: int = 2,
+        api_key: str | None = None,
+    ) -> None:
+        import httpx
+
+        self.name, self.url, self.retries = name, url, retries
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self._httpx = httpx
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        body = {
+            "question": query.question,
+            "prompt": query.prompt,
+            "documents": query.documents,
+            "task": query.task,
+            "responses": list(responses),
+        }
+        for attempt in range(self.retries + 1):
+            try:
+                r = await self._http.post(self.url, json=body)
+            except self._httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+            else:
+                if r.status_code == 200:
+                    scores = r.json().get("scores")
+                    if not isinstance(scores, list):
+                        raise ValueError(f"remote RM {self.name} sent no `scores` list")
+                    return [float(s) for s in scores]
+                if (r.status_code != 429 and r.status_code < 500) or attempt == self.retries:
+                    raise RuntimeError(f"remote RM {self.name} answered {r.status_code}")
+            await asyncio.sleep(0.2 * 2**attempt)
+        raise RuntimeError("unreachable")
+
+
 def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: SentenceEncoder) -> Any:
     """Instantiate the RM a config entry describes."""
     opts = dict(spec.options)
@@ -185,6 +268,12 @@ def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: Senten
         return AgreementRM(spec.name, use_reference=bool(opts.get("use_reference", True)))
     if spec.kind == "relevance":
         return RelevanceRM(spec.name, encoder, **opts)
+    if spec.kind == "judge":
+        return JudgeRM(spec.name, engine)
+    if spec.kind == "remote":
+        if "url" not in opts:
+            raise ValueError("a `remote` reward model needs options.url")
+        return RemoteRM(spec.name, **opts)
     if spec.kind == "hf":
         if "path" not in opts:
             raise ValueError("an `hf` reward model needs options.path (a model folder)")
