@@ -182,6 +182,29 @@ class Client(BaseClient):
         )
         return result
 
+    # -- admin (needs the API key when the server has one) --------------------------------
+    def add_reward_model(self, name: str, kind: str, **options: Any) -> dict[str, Any]:
+        """Add an RM while serving (a new bandit arm)."""
+        body = {"name": name, "kind": kind, "options": options}
+        result: dict[str, Any] = self._request("POST", "/admin/reward-models", json=body)
+        return result
+
+    def disable_reward_model(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/admin/reward-models/{name}/disable")
+        return result
+
+    def enable_reward_model(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/admin/reward-models/{name}/enable")
+        return result
+
+    def admin_bandit(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/admin/bandit")
+        return result
+
+    def snapshot(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/admin/bandit/snapshot")
+        return result
+
 
 class AsyncClient(BaseClient):
     """Asynchronous client with the same methods as `Client`, awaited."""
@@ -267,4 +290,27 @@ class AsyncClient(BaseClient):
         result: dict[str, Any] = await self._request(
             "POST", "/bandit/predict", json=self._generate_body(prompt, document=document)
         )
+        return result
+
+    # -- admin (needs the API key when the server has one) --------------------------------
+    async def add_reward_model(self, name: str, kind: str, **options: Any) -> dict[str, Any]:
+        """Add an RM while serving (a new bandit arm)."""
+        body = {"name": name, "kind": kind, "options": options}
+        result: dict[str, Any] = await self._request("POST", "/admin/reward-models", json=body)
+        return result
+
+    async def disable_reward_model(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/admin/reward-models/{name}/disable")
+        return result
+
+    async def enable_reward_model(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/admin/reward-models/{name}/enable")
+        return result
+
+    async def admin_bandit(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/admin/bandit")
+        return result
+
+    async def snapshot(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", "/admin/bandit/snapshot")
         return result

@@ -182,3 +182,23 @@ def test_end_to_end_against_the_real_server(server: Any) -> None:
             assert len({r.id for r in results}) == 3
 
     asyncio.run(run())
+
+
+def test_admin_calls_send_the_key_and_map_401(start_server: Any, tmp_path: Any) -> None:
+    from tests.conftest import make_settings
+
+    live = start_server(make_settings(tmp_path, api_key="k"))
+    try:
+        with Client(live.url) as anon, pytest.raises(lc.AuthenticationError):
+            anon.admin_bandit()
+        with Client(live.url, api_key="k") as admin:
+            added = admin.add_reward_model("agree2", "agreement", use_reference=False)
+            assert added["enabled"] is True
+            assert admin.disable_reward_model("agree2")["enabled"] is False
+            assert admin.enable_reward_model("agree2")["enabled"] is True
+            assert "agree2" in admin.admin_bandit()["arms"]
+            assert admin.snapshot()["snapshot"] is True
+            with pytest.raises(lc.ConflictError):
+                admin.add_reward_model("agree2", "agreement")
+    finally:
+        live.stop()
