@@ -275,22 +275,48 @@ class RemoteRM:
         timeout: float = 30.0,
         retries: int = 2,
         api_key: str | None = None,
+        protocol: str = "json",
+        model: str | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         import httpx
 
+        if protocol not in ("json", "vllm_classify"):
+            raise ValueError(f"protocol must be json or vllm_classify, got {protocol!r}")
         self.name, self.url, self.retries = name, url, retries
+        self.protocol, self.model = protocol, model
+        self.tokenizer: Any = None
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
         self._httpx = httpx
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        body = {
-            "question": query.question,
-            "prompt": query.prompt,
-            "documents": query.documents,
-            "task": query.task,
-            "responses": list(responses),
-        }
+        body: dict[str, Any]
+        if self.protocol == "vllm_classify":
+            # vLLM's /classify with the activation off (raw scores); the RM's chat template
+            # is applied here when its tokenizer is configured.
+            if self.tokenizer is not None:
+                texts = rm_texts(self.tokenizer, query, responses)
+            else:
+                user = (
+                    format_documents(query.question, query.documents)
+                    if query.documents
+                    else query.question
+                )
+                texts = [f"{user}\n\n{r}" for r in responses]
+            body = {"model": self.model, "input": texts, "use_activation": False}
+        else:
+            body = {
+                "question": query.question,
+                "prompt": query.prompt,
+                "documents": query.documents,
+                "task": query.task,
+                "responses": list(responses),
+            }
         for attempt in range(self.retries + 1):
             try:
                 r = await self._http.post(self.url, json=body)
@@ -298,6 +324,12 @@ class RemoteRM:
                 if attempt == self.retries:
                     raise
             else:
+                if r.status_code == 200 and self.protocol == "vllm_classify":
+                    data = sorted(r.json()["data"], key=lambda d: d["index"])
+                    return [float(d["probs"][0]) for d in data]
+                if r.status_code == 200 and self.protocol == "vllm_classify":
+                    data = sorted(r.json()["data"], key=lambda d: d["index"])
+                    return [float(d["probs"][0]) for d in data]
                 if r.status_code == 200:
                     scores = r.json().get("scores")
                     if not isinstance(scores, list):

@@ -71,10 +71,8 @@ def test_missing_path_is_a_clear_error() -> None:
         build_reward_model(RewardModelSpec(name="x", kind="hf"), engine=None, encoder=None)  # type: ignore[arg-type]
 
 
-def test_vllm_pooling_rm_matches_transformers(tmp_path: Path) -> None:
-    """The same tiny RM served by vLLM-CPU's pooling runner gives transformers' raw scores.
-    head_dim 64: vLLM's CPU attention supports only some head sizes."""
-    from laser.server.rewards import VLLMPoolingRM
+def _tiny_vllm_rm(path: Path) -> None:
+    """head_dim 64: vLLM's CPU attention supports only some head sizes."""
     from tests.conftest import MODEL_CACHE
 
     tok = AutoTokenizer.from_pretrained(str(assets.embedded_model(MODEL_CACHE)))
@@ -90,12 +88,84 @@ def test_vllm_pooling_rm_matches_transformers(tmp_path: Path) -> None:
         pad_token_id=tok.pad_token_id or 0,
         max_position_embeddings=1024,
     )
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
 
+
+def test_vllm_pooling_rm_matches_transformers(tmp_path: Path) -> None:
+    """The same tiny RM served by vLLM-CPU's pooling runner gives transformers' raw scores."""
+    from laser.server.rewards import VLLMPoolingRM
+
+    _tiny_vllm_rm(tmp_path)
     query = Query(question="What is 2 + 2?", prompt="")
     responses = ["4", "The answer is four."]
     pooled = VLLMPoolingRM("pooled", str(tmp_path), max_model_len=512)
     got = asyncio.run(pooled.score(query, responses))
     want = asyncio.run(HFRewardModel("hf", str(tmp_path), batch_size=1).score(query, responses))
     assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_remote_vllm_classify_rm_against_a_real_vllm_server(tmp_path: Path) -> None:
+    """RemoteRM(protocol="vllm_classify") against `vllm.entrypoints.openai.api_server
+    --runner pooling` on loopback gives the same raw scores as transformers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from laser.server.rewards import RemoteRM
+    from tests.conftest import free_port
+
+    _tiny_vllm_rm(tmp_path)
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(tmp_path),
+            "--served-model-name",
+            "tiny-rm",
+            "--runner",
+            "pooling",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "512",
+            "--enforce-eager",
+        ],
+        stdout=(tmp_path / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, (tmp_path / "log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        rm = RemoteRM(
+            "r",
+            f"http://127.0.0.1:{port}/classify",
+            protocol="vllm_classify",
+            model="tiny-rm",
+            tokenizer=str(tmp_path),
+        )
+        query = Query(question="What is 2 + 2?", prompt="")
+        responses = ["4", "The answer is four."]
+        got = asyncio.run(rm.score(query, responses))
+        want = asyncio.run(HFRewardModel("hf", str(tmp_path), batch_size=1).score(query, responses))
+        assert got == pytest.approx(want, abs=1e-3)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
