@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,13 +20,13 @@ from laser.server.engine import Engine
 from laser.server.errors import (
     APIError,
     BadRequestError,
-    ConflictError,
     UnauthorizedError,
     error_body,
 )
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.metrics import Metrics
 from laser.server.openai_api import router as openai_router
+from laser.server.openai_api import run_generate
 from laser.server.pipeline import Reranker
 from laser.server.protocol import (
     ErrorResponse,
@@ -61,6 +59,7 @@ def load_services(settings: Settings) -> Services:
     from laser.server.engine import VLLMEngine
 
     e = settings.engine
+    enc_path = settings.featurizer.model or str(assets.minilm_path())
     if e.model:
         model_path, name = e.model, e.model.rstrip("/").split("/")[-1]
     else:
@@ -82,7 +81,6 @@ def load_services(settings: Settings) -> Services:
             max_model_len=e.max_model_len,
             api_key=e.api_key,
         )
-        enc_path = settings.featurizer.model or str(assets.minilm_path())
         return Services(engine=engine, encoder=SentenceEncoder(enc_path))
     log.info("starting engine: vLLM, model %s (%s)", name, model_path)
     engine = VLLMEngine(
@@ -96,7 +94,6 @@ def load_services(settings: Settings) -> Services:
         kv_cache_gib=e.kv_cache_gib,
         enforce_eager=e.enforce_eager,
     )
-    enc_path = settings.featurizer.model or str(assets.minilm_path())
     log.info("loading sentence encoder %s", enc_path)
     return Services(engine=engine, encoder=SentenceEncoder(enc_path))
 
@@ -275,17 +272,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         dependencies=user,
     )
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
-        reranker: Reranker = request.app.state.reranker
-        given = request.headers.get("x-request-id")
-        request_id = given or f"gen-{uuid.uuid4().hex}"
-        if len(request_id) > 128:
-            raise BadRequestError(
-                "X-Request-Id is longer than 128 characters", param="X-Request-Id"
-            )
-        try:
-            return await reranker.generate(body, request_id, check_id=given is not None)
-        except sqlite3.IntegrityError:
-            raise ConflictError(f"request id {request_id!r} was used already") from None
+        return await run_generate(request, body, "gen")
 
     @app.post("/feedback", response_model=FeedbackResponse, dependencies=user)
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:

@@ -9,6 +9,7 @@ Streaming is refused with a 400: the answer is known only after every candidate 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from laser.server.errors import BadRequestError
+from laser.server.errors import BadRequestError, ConflictError
 from laser.server.pipeline import Reranker
 from laser.server.protocol import ChatMessage, GenerateRequest, GenerateResponse
 
@@ -102,13 +103,18 @@ def _ranked(result: GenerateResponse, n: int) -> list[Any]:
     return [result.candidates[i] for i in order[:n]]
 
 
-async def _run(request: Request, req: GenerateRequest) -> GenerateResponse:
+async def run_generate(request: Request, req: GenerateRequest, prefix: str) -> GenerateResponse:
+    """Shared by every generation route: the id (`X-Request-Id` or a new one), then the run."""
     reranker: Reranker = request.app.state.reranker
     given = request.headers.get("x-request-id")
     if given is not None and len(given) > 128:
         raise BadRequestError("X-Request-Id is longer than 128 characters", param="X-Request-Id")
-    request_id = given or f"cmpl-{uuid.uuid4().hex}"
-    return await reranker.generate(req, request_id, check_id=given is not None)
+    request_id = given or f"{prefix}-{uuid.uuid4().hex}"
+    try:
+        # Ids the caller chose are checked before any work; ours are fresh uuid4s.
+        return await reranker.generate(req, request_id, check_id=given is not None)
+    except sqlite3.IntegrityError:  # the same id raced in twice: the first one stands
+        raise ConflictError(f"request id {request_id!r} was used already", param="id") from None
 
 
 @router.post("/completions")
@@ -116,7 +122,7 @@ async def completions(body: CompletionRequest, request: Request) -> dict[str, An
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise BadRequestError("send one prompt per request", param="prompt")
-    result = await _run(request, _to_generate(body, prompt=prompts[0], raw=True))
+    result = await run_generate(request, _to_generate(body, prompt=prompts[0], raw=True), "cmpl")
     return {
         "id": result.id,
         "object": "text_completion",
@@ -133,7 +139,7 @@ async def completions(body: CompletionRequest, request: Request) -> dict[str, An
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> dict[str, Any]:
-    result = await _run(request, _to_generate(body, messages=body.messages))
+    result = await run_generate(request, _to_generate(body, messages=body.messages), "chatcmpl")
     return {
         "id": result.id,
         "object": "chat.completion",
