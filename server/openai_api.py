@@ -91,16 +91,23 @@ def _laser(result: GenerateResponse) -> dict[str, Any]:
         "propensity": result.propensity,
         "scores": [c.score for c in result.candidates],
         "chosen_index": result.index,
+        "choice_indices": _order(result),
         "timings_ms": result.timings_ms,
         "document_truncated": result.document_truncated,
         "correct": result.correct,
     }
 
 
+def _order(result: GenerateResponse) -> list[int]:
+    """Candidate indices, best score first (the chosen one first on ties)."""
+    assert result.candidates is not None
+    cands = result.candidates
+    return sorted(range(len(cands)), key=lambda i: (-(cands[i].score or 0.0), i != result.index))
+
+
 def _ranked(result: GenerateResponse, n: int) -> list[Any]:
     assert result.candidates is not None
-    order = sorted(range(len(result.candidates)), key=lambda i: -(result.candidates[i].score or 0))  # type: ignore[index]
-    return [result.candidates[i] for i in order[:n]]
+    return [result.candidates[i] for i in _order(result)[:n]]
 
 
 async def run_generate(request: Request, req: GenerateRequest, prefix: str) -> GenerateResponse:

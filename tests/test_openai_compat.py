@@ -30,10 +30,11 @@ def test_completions_best_of_reranked_with_laser_extras(server: Any) -> None:
     assert len(resp.choices) == 2 and resp.object == "text_completion"
     laser = resp.model_extra["laser"]  # type: ignore[index]
     assert laser["reward_model"] == "relevance" and len(laser["scores"]) == 4
-    best = max(laser["scores"])
-    # the first choice is the reranked best candidate
-    assert resp.choices[0].text is not None
-    assert sorted(laser["scores"], reverse=True)[0] == best
+    # choices come back reranked: candidate indices in non-increasing score order, best first
+    order = laser["choice_indices"]
+    assert sorted(order) == [0, 1, 2, 3] and order[0] == laser["chosen_index"]
+    ranked = [laser["scores"][i] for i in order]
+    assert ranked == sorted(laser["scores"], reverse=True)
     assert resp.usage is not None and resp.usage.completion_tokens > 0
 
 
