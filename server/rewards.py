@@ -37,6 +37,11 @@ class Query:
     task: str | None = None
     reference: str | None = None
 
+    @property
+    def user_content(self) -> str:
+        """The question, inside the documented document template when there are documents."""
+        return format_documents(self.question, self.documents) if self.documents else self.question
+
 
 class RewardModel(Protocol):
     name: str
@@ -119,8 +124,8 @@ class RelevanceRM:
 
 def rm_texts(tokenizer: Any, query: Query, responses: Sequence[str]) -> list[str]:
     """(question [+ documents], response) pairs in the RM's own chat template, if it has one."""
-    user = format_documents(query.question, query.documents) if query.documents else query.question
-    if tokenizer.chat_template:
+    user = query.user_content
+    if tokenizer is not None and tokenizer.chat_template:
         return [
             tokenizer.apply_chat_template(
                 [{"role": "user", "content": user}, {"role": "assistant", "content": r}],
@@ -193,18 +198,7 @@ class HFRewardModel:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def texts(self, query: Query, responses: Sequence[str]) -> list[str]:
-        user = (
-            format_documents(query.question, query.documents) if query.documents else query.question
-        )
-        if self.tokenizer.chat_template:
-            return [
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": user}, {"role": "assistant", "content": r}],
-                    tokenize=False,
-                )
-                for r in responses
-            ]
-        return [f"{user}\n\n{r}" for r in responses]
+        return rm_texts(self.tokenizer, query, responses)
 
     def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
         torch = self._torch
@@ -244,9 +238,7 @@ class JudgeRM:
         self.name, self.engine = name, engine
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        user = (
-            format_documents(query.question, query.documents) if query.documents else query.question
-        )
+        user = query.user_content
 
         async def one(response: str) -> float:
             content = JUDGE_TEMPLATE.format(user=user, response=response)
@@ -299,15 +291,7 @@ class RemoteRM:
         if self.protocol == "vllm_classify":
             # vLLM's /classify with the activation off (raw scores); the RM's chat template
             # is applied here when its tokenizer is configured.
-            if self.tokenizer is not None:
-                texts = rm_texts(self.tokenizer, query, responses)
-            else:
-                user = (
-                    format_documents(query.question, query.documents)
-                    if query.documents
-                    else query.question
-                )
-                texts = [f"{user}\n\n{r}" for r in responses]
+            texts = rm_texts(self.tokenizer, query, responses)
             body = {"model": self.model, "input": texts, "use_activation": False}
         else:
             body = {
