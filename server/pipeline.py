@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,7 +58,6 @@ class Prepared:
     prompt: str
     prompt_tokens: int
     truncated: bool
-    messages: list[dict[str, str]] = field(default_factory=list)
 
 
 class Reranker:
@@ -160,7 +159,7 @@ class Reranker:
             n_tokens = self.engine.count_tokens(prompt)
             excess = n_tokens - budget
             if excess <= 0:
-                return Prepared(question, docs, prompt, n_tokens, truncated, msgs)
+                return Prepared(question, docs, prompt, n_tokens, truncated)
             doc_tokens = [self.engine.count_tokens(d) for d in docs]
             if not docs or policy == "reject" or sum(doc_tokens) <= excess:
                 what = "prompt with its documents" if docs else "prompt"
