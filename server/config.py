@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         None, description="when set, admin routes need `Authorization: Bearer <key>`"
     )
     protect_generate: bool = Field(False, description="require the API key on generation too")
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders that model/adapter paths given over the API must lie in "
+        "(the data directory is always allowed)",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)
@@ -132,6 +137,11 @@ class Settings(BaseSettings):
     @property
     def model_cache(self) -> Path:
         return self.cache_dir or self.data_dir / "cache"
+
+    @property
+    def api_path_roots(self) -> list[Path]:
+        """Where paths named over the API may point: `model_roots`, then the data dir."""
+        return [*self.model_roots, self.data_dir]
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -1,0 +1,1 @@
+"""Evaluation: RM-selection strategies side by side on the same cached candidates."""
