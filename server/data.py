@@ -71,8 +71,11 @@ def parse_item(obj: Any, where: str) -> PromptItem:
     )
 
 
-def load_prompts(path: str | Path) -> list[PromptItem]:
-    """Read a prompts JSONL file; a bad line raises `DataError` naming file and line."""
+def load_prompts(path: str | Path, require_reference: bool = False) -> list[PromptItem]:
+    """Read a prompts JSONL file; a bad line raises `DataError` naming file and line.
+
+    `require_reference=True` (evaluation) also rejects a line without `reference`.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prompts file {str(path)!r} does not exist")
@@ -86,7 +89,10 @@ def load_prompts(path: str | Path) -> list[PromptItem]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            items.append(parse_item(obj, where))
+            item = parse_item(obj, where)
+            if require_reference and item.reference is None:
+                raise DataError(f"{where}: evaluation needs a `reference` (the gold answer)")
+            items.append(item)
     if not items:
         raise DataError(f"prompts file {str(path)!r} holds no prompts")
     return items
