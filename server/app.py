@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,11 +16,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from laser.server.admission import Admission, BodyLimitMiddleware
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.engine import Engine
 from laser.server.errors import (
     APIError,
     BadRequestError,
+    ForbiddenError,
+    ServiceUnavailableError,
     UnauthorizedError,
     error_body,
 )
@@ -27,6 +31,7 @@ from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.metrics import Metrics
 from laser.server.openai_api import router as openai_router
 from laser.server.openai_api import run_generate
+from laser.server.paths import PathOptionError, confine_options
 from laser.server.pipeline import Reranker
 from laser.server.protocol import (
     ErrorResponse,
@@ -93,6 +98,8 @@ def load_services(settings: Settings) -> Services:
         gpu_memory_utilization=e.gpu_memory_utilization,
         kv_cache_gib=e.kv_cache_gib,
         enforce_eager=e.enforce_eager,
+        enable_lora=e.enable_lora,
+        max_lora_rank=e.max_lora_rank,
     )
     log.info("loading sentence encoder %s", enc_path)
     return Services(engine=engine, encoder=SentenceEncoder(enc_path))
@@ -127,6 +134,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.reranker = reranker
         app.state.metrics = metrics
+        app.state.admission = Admission.from_settings(settings, metrics)
         log.info(
             "ready: model %s, reward models %s, bandit d=%d alpha=%s, store %s",
             svc.engine.model_name,
@@ -175,10 +183,24 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "error")
+        kind = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
+        code = "body_too_large" if exc.status_code == 413 else None
         return _error(
-            exc.status_code, error_body(str(exc.detail), kind), getattr(exc, "headers", None)
+            exc.status_code,
+            error_body(str(exc.detail), kind.get(exc.status_code, "error"), code=code),
+            getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _store_down(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # Store calls the pipeline does not wrap itself (reads): still a clean 503.
+        log.warning("store error on %s: %s", request.url.path, exc)
+        err = ServiceUnavailableError(
+            f"the store is unavailable ({exc}); retry later",
+            code="store_unavailable",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+        return _error(err.status, err.body(), err.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -212,6 +234,9 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
+    # Outermost: counts body bytes as they arrive (chunked bodies have no Content-Length).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
     def _check_key(request: Request) -> None:
         if settings.api_key is None:
             return
@@ -244,6 +269,12 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.post("/admin/reward-models", dependencies=admin, status_code=201)
     async def admin_add_rm(spec: RewardModelSpec, request: Request) -> dict[str, Any]:
         reranker: Reranker = request.app.state.reranker
+        try:  # folders named over the API must lie under model_roots or the data dir
+            options = confine_options(spec.kind, spec.options, settings.api_path_roots)
+        except PathOptionError as exc:
+            error = BadRequestError if exc.allowed else ForbiddenError
+            raise error(str(exc), param=f"options.{exc.option}", code="path_not_allowed") from None
+        spec = spec.model_copy(update={"options": options})
         await reranker.add_reward_model(spec)
         return reranker.summary()["arms"][spec.name]  # type: ignore[index,no-any-return]
 
@@ -284,12 +315,18 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         reranker: Reranker = request.app.state.reranker
         summary = reranker.summary()
         arms: dict[str, Any] = summary["arms"]  # type: ignore[assignment]
-        faulty = [a for a, s in arms.items() if s["errors"]]
+        faults = reranker.faults()
+        try:
+            counts: dict[str, int] | None = reranker.store.counts()
+        except sqlite3.Error as exc:
+            counts, faults = None, [*faults, f"store: {exc}"]
         return {
-            "status": "degraded" if faulty else "ok",
+            "status": "degraded" if faults else "ok",
+            "faults": faults,
             "model": reranker.engine.model_name,
             "reward_models": arms,
-            "counts": reranker.store.counts(),
+            "counts": counts,
+            "admission": request.app.state.admission.status(),
         }
 
     @app.get("/bandit")

@@ -1,4 +1,4 @@
-"""`laser-server serve | bench-bandit` (training, evaluation and benchmarks join later)."""
+"""`laser-server serve | train | bench-bandit` (and the other subcommands below)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
 
     bench = sub.add_parser("bench-bandit", help="LinUCB select+update micro-benchmark")
     bench.set_defaults(func=lambda a: __import__("laser.bandit.bench").bandit.bench.main([]))
+
+    from laser.server.training.cli import add_parser as add_train
+
+    add_train(sub)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -51,6 +51,10 @@ class EngineSettings(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     enforce_eager: bool = True
+    enable_lora: bool = Field(
+        True, description="start vLLM with LoRA support, so trained adapters can be served live"
+    )
+    max_lora_rank: int = Field(16, ge=1)
 
 
 class FeaturizerSettings(_Section):
@@ -66,6 +70,13 @@ class BanditSettings(_Section):
     epsilon: float = Field(0.05, ge=0, le=1)
     seed: int = 0
     snapshot_every: int = Field(100, ge=1, description="feedbacks between bandit snapshots")
+
+
+class BreakerSettings(_Section):
+    """Reward-model circuit breaker (laser.server.breaker)."""
+
+    failures: int = Field(3, ge=1, description="faults in a row that take an RM out")
+    cooldown_s: float = Field(30.0, gt=0, description="seconds out before one trial call")
 
 
 class RewardModelSpec(_Section):
@@ -98,6 +109,14 @@ class Settings(BaseSettings):
     document_policy: Literal["truncate", "reject"] = "truncate"
     rm_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Back-pressure and input limits (laser.server.admission; README "Operating it").
+    max_concurrent: int = Field(16, ge=1, description="generation requests worked on at once")
+    max_queue: int = Field(64, ge=0, description="generation requests waiting; past it 429")
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; then 503")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) on 429 and 503")
+    max_prompt_chars: int = Field(65536, ge=1, description="prompt, or all messages together")
+    max_document_chars: int = Field(1 << 20, ge=1, description="all documents together")
+    max_documents: int = Field(64, ge=1)
     api_key: str | None = Field(
         None, description="when set, admin routes need `Authorization: Bearer <key>`"
     )
@@ -110,6 +129,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     reward_models: list[RewardModelSpec] = Field(default_factory=default_reward_models)
 
     @field_validator("reward_models")

@@ -40,6 +40,18 @@ class Generation:
     prompt_tokens: int
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter folder (peft format) to generate with.
+
+    `id` must change whenever the weights in `path` change: vLLM caches adapters by id.
+    """
+
+    name: str
+    path: str
+    id: int
+
+
 class EngineError(RuntimeError):
     """The engine failed a request (not the caller's fault)."""
 
@@ -47,12 +59,21 @@ class EngineError(RuntimeError):
 class Engine(Protocol):
     model_name: str
     max_model_len: int
+    supports_adapters: bool
 
     def count_tokens(self, text: str) -> int: ...
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str: ...
 
-    async def generate(self, prompt: str, sampling: Sampling) -> Generation: ...
+    async def generate(
+        self, prompt: str, sampling: Sampling, adapter: Adapter | None = None
+    ) -> Generation: ...
+
+    async def generate_batch(
+        self, prompts: Sequence[str], sampling: Sampling, adapter: Adapter | None = None
+    ) -> list[Generation]:
+        """n samples for each prompt, submitted together (the engine batches them)."""
+        ...
 
     async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
         """Mean log-probability per token of each continuation after `prefix`."""
@@ -79,6 +100,8 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.85,
         kv_cache_gib: int = 1,
         enforce_eager: bool = True,
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from transformers import AutoTokenizer
@@ -97,7 +120,11 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
+            enable_lora=enable_lora,
+            max_lora_rank=max_lora_rank,
+            max_loras=2,
         )
+        self.supports_adapters = enable_lora
         self._llm = AsyncLLM.from_engine_args(args)
 
     def count_tokens(self, text: str) -> int:
@@ -111,10 +138,20 @@ class VLLMEngine:
         )
         return text
 
-    async def _final(self, prompt: Any, params: Any) -> Any:
+    async def _final(self, prompt: Any, params: Any, adapter: Adapter | None = None) -> Any:
         final = None
+        lora = None
+        if adapter is not None:
+            if not self.supports_adapters:
+                raise EngineError("this engine was started without LoRA support (enable_lora)")
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest(adapter.name, adapter.id, adapter.path)
         try:
-            async for out in self._llm.generate(prompt, params, request_id=uuid.uuid4().hex):
+            request_id = uuid.uuid4().hex
+            async for out in self._llm.generate(
+                prompt, params, request_id=request_id, lora_request=lora
+            ):
                 final = out
         except (asyncio.CancelledError, GeneratorExit):
             raise
@@ -126,7 +163,9 @@ class VLLMEngine:
             raise EngineError("engine returned no output")
         return final
 
-    async def generate(self, prompt: str, sampling: Sampling) -> Generation:
+    async def generate(
+        self, prompt: str, sampling: Sampling, adapter: Adapter | None = None
+    ) -> Generation:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -138,13 +177,19 @@ class VLLMEngine:
             stop=sampling.stop,
             output_kind=RequestOutputKind.FINAL_ONLY,  # all n at once, when all are done
         )
-        out = await self._final(prompt, params)
+        out = await self._final(prompt, params, adapter)
         return Generation(
             completions=[
                 Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs
             ],
             prompt_tokens=len(out.prompt_token_ids or []),
         )
+
+    async def generate_batch(
+        self, prompts: Sequence[str], sampling: Sampling, adapter: Adapter | None = None
+    ) -> list[Generation]:
+        # Submitted together, the prompts run as one continuous batch in the engine.
+        return list(await asyncio.gather(*(self.generate(p, sampling, adapter) for p in prompts)))
 
     async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
         from vllm import SamplingParams, TokensPrompt
@@ -209,6 +254,8 @@ class RemoteOpenAIEngine:
 
     count_tokens = VLLMEngine.count_tokens
     render_chat = VLLMEngine.render_chat
+    generate_batch = VLLMEngine.generate_batch
+    supports_adapters = False
 
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -220,7 +267,11 @@ class RemoteOpenAIEngine:
         data: dict[str, Any] = r.json()
         return data
 
-    async def generate(self, prompt: str, sampling: Sampling) -> Generation:
+    async def generate(
+        self, prompt: str, sampling: Sampling, adapter: Adapter | None = None
+    ) -> Generation:
+        if adapter is not None:
+            raise EngineError("the remote engine serves adapters by name: load it there")
         data = await self._complete(
             {
                 "prompt": prompt,

@@ -122,6 +122,21 @@ class RelevanceRM:
         return await asyncio.to_thread(self._score, query, responses)
 
 
+def normalized_mean(score_lists: Sequence[Sequence[float]]) -> list[float]:
+    """The score ensemble: each RM's scores min-max normalised over the candidates, then
+    averaged per candidate (an RM that scores all candidates alike contributes 0.5).
+
+    >>> normalized_mean([[0.0, 10.0], [3.0, 1.0]])
+    [0.5, 0.5]
+    """
+    norm = []
+    for scores in score_lists:
+        s = np.asarray(scores, dtype=float)
+        span = float(s.max() - s.min()) if len(s) else 0.0
+        norm.append((s - s.min()) / span if span > 0 else np.full(len(s), 0.5))
+    return [float(v) for v in np.mean(norm, axis=0)]
+
+
 def rm_texts(tokenizer: Any, query: Query, responses: Sequence[str]) -> list[str]:
     """(question [+ documents], response) pairs in the RM's own chat template, if it has one."""
     user = query.user_content

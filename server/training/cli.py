@@ -1,0 +1,116 @@
+"""`laser-server train`: flags, then the loop. Heavy imports happen inside `run`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--prompts", "prompts", str, "prompts JSONL (prompt, document(s), reference, task)"),
+    ("--eval-prompts", "eval_prompts", str, "held-out JSONL: greedy accuracy before/after"),
+    ("--model", "model", str, "policy model folder (default: embedded SmolLM2-135M)"),
+    ("--output-dir", "output_dir", str, "logs, pairs, checkpoints, plot (default runs/train)"),
+    ("--engine", "engine", str, "sampler: vllm (default) or hf"),
+    ("--selector", "selector", str, "laser | fixed | random | sequential | ensemble"),
+    ("--fixed-rm", "fixed_rm", str, "the RM for --selector fixed"),
+    ("--bandit-mode", "bandit_mode", str, "batch (paper) | per_query"),
+    ("--iterations", "iterations", int, "passes over the prompts"),
+    ("--batch-size", "batch_size", int, "prompts per step"),
+    ("--n", "n", int, "responses per prompt"),
+    ("--pairs-per-prompt", "pairs_per_prompt", int, "top-1 vs ranks 2..k+1"),
+    ("--max-tokens", "max_tokens", int, "response length while sampling"),
+    ("--lr", "learning_rate", float, "learning rate"),
+    ("--beta", "beta", float, "DPO beta"),
+    ("--nll-weight", "nll_weight", float, "weight of the chosen NLL term"),
+    ("--alpha", "alpha", float, "LinUCB exploration width"),
+    ("--seed", "seed", int, "seed for everything random"),
+]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="LASeR iterative DPO training (bandit-chosen RM per batch)",
+        description=(
+            "Run LASeR's training loop (or a baseline selector) on a prompts file. A --config "
+            "TOML/JSON file sets any TrainConfig field (laser.server.training.config); flags "
+            "override it. `--demo N` writes N arithmetic training prompts and a held-out set "
+            "into the output dir and trains on them. Several GPUs: `accelerate launch "
+            "$(which laser-server) train ...`."
+        ),
+    )
+    p.add_argument("--config", help="TOML or JSON TrainConfig file")
+    for flag, dest, typ, help_ in _FLAGS:
+        p.add_argument(flag, dest=dest, type=typ, help=help_)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--demo", type=int, metavar="N", help="train on N generated arithmetic items")
+    p.add_argument("--demo-eval", type=int, default=40, metavar="M", help="held-out demo items")
+    p.add_argument("--data-dir", default="laser-data", help="model cache lives in <dir>/cache")
+    p.add_argument("--initial-bandit", help="LinUCB state (.npz) to start from (server-seeded)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from pydantic import ValidationError
+
+    from laser.server.data import arithmetic_items, write_prompts
+    from laser.server.training.config import load_train_config
+    from laser.server.training.loop import Cancelled, TrainingError, run_training
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
+    try:
+        cfg = load_train_config(args.config, **overrides)
+        if args.demo:
+            out = Path(cfg.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            # Held-out items come from another seed's stream, so they differ from training's.
+            write_prompts(out / "demo_train.jsonl", arithmetic_items(args.demo, seed=cfg.seed))
+            held = arithmetic_items(args.demo_eval, seed=cfg.seed + 10_000)
+            write_prompts(out / "demo_eval.jsonl", held)
+            cfg = cfg.model_copy(
+                update={
+                    "prompts": str(out / "demo_train.jsonl"),
+                    "eval_prompts": cfg.eval_prompts or str(out / "demo_eval.jsonl"),
+                }
+            )
+    except (ValidationError, OSError, ValueError) as exc:
+        sys.exit(f"laser-server train: bad configuration: {exc}")
+
+    stop = {"flag": False}
+
+    def on_term(signum: int, frame: Any) -> None:
+        # Finish the current step, then stop: the last checkpoint stays the resume point.
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        summary = asyncio.run(
+            run_training(
+                cfg,
+                resume=args.resume,
+                progress=not args.no_progress,
+                cache_dir=Path(args.data_dir) / "cache",
+                should_stop=lambda: stop["flag"],
+                initial_bandit=Path(args.initial_bandit) if args.initial_bandit else None,
+            )
+        )
+    except TrainingError as exc:
+        sys.exit(f"laser-server train: {exc}")
+    except Cancelled as exc:
+        print(f"laser-server train: cancelled ({exc}); resume with --resume", file=sys.stderr)
+        sys.exit(3)
+    print(json.dumps(summary, indent=1))

@@ -1,0 +1,692 @@
+"""LASeR's training loop (the paper's Algorithm 1), readable top to bottom.
+
+Per batch of prompts:
+1. context: the prompts' MiniLM features (mean over the batch in `batch` mode, per prompt in
+   `per_query` mode), the same featurizer the server uses;
+2. the selector picks an RM (LinUCB for LASeR; fixed / random / sequential baselines; the
+   ensemble uses all RMs and averages their normalised scores);
+3. the CURRENT policy samples n responses per prompt, all prompts submitted together;
+4. the RM scores them; the top response is "chosen" against ranks 2..k+1 ("rejected");
+5. one DPO(+NLL) step on those pairs against the frozen reference;
+6. the bandit's reward is the step's negative loss, squashed by the 20th/80th percentiles
+   of past rewards.
+After each pass over the prompts (an iteration) the reference is re-synced to the policy
+and a checkpoint is written.
+
+    summary = asyncio.run(run_training(load_train_config("train.toml")))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from laser.bandit import (
+    FixedArm,
+    LinUCB,
+    LinUCBConfig,
+    PercentileSquash,
+    RoundRobin,
+    UniformRandom,
+    from_bytes,
+    load_selector,
+    to_bytes,
+)
+from laser.server import answers
+from laser.server.data import DataError, PromptItem, load_prompts
+from laser.server.engine import Adapter, Sampling
+from laser.server.prompts import format_documents
+from laser.server.rewards import Query, normalized_mean
+from laser.server.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic_text,
+)
+from laser.server.training.config import TrainConfig
+
+log = logging.getLogger("laser.server.training")
+
+
+class TrainingError(ValueError):
+    """The run cannot start (bad prompts, unknown RM, missing model) or cannot go on."""
+
+
+class Cancelled(Exception):
+    """`should_stop()` turned true between steps; the last checkpoint stands."""
+
+
+@dataclass
+class Pair:
+    item: int
+    chosen: str
+    rejected: str
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+@dataclass
+class RunState:
+    iteration: int = 0  # iterations completed
+    step: int = 0  # optimisation steps completed
+    rm_counts: dict[str, int] = field(default_factory=dict)
+    eval_before: dict[str, Any] | None = None
+    elapsed_s: float = 0.0
+
+
+def _selector(cfg: TrainConfig, names: list[str], dim: int) -> Any:
+    if cfg.selector == "laser":
+        return LinUCB(LinUCBConfig(dim=dim, alpha=cfg.alpha, seed=cfg.seed), names)
+    if cfg.selector == "fixed":
+        assert cfg.fixed_rm is not None
+        return FixedArm(cfg.fixed_rm, names)
+    if cfg.selector == "random":
+        return UniformRandom(names, seed=cfg.seed)
+    if cfg.selector == "sequential":
+        return RoundRobin(names)
+    return None  # ensemble: every RM, no choice
+
+
+def build_pairs(scores: list[float], texts: list[str], k: int) -> list[tuple[int, int]]:
+    """(chosen, rejected) candidate indices: the top-scored vs ranks 2..k+1.
+
+    Ties with the top, identical texts and an empty chosen text give no pair.
+
+    >>> build_pairs([0.1, 0.9, 0.5, 0.9], ["a", "b", "c", "d"], 2)
+    [(1, 2), (1, 0)]
+    """
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    top = order[0]
+    if not texts[top].strip():
+        return []
+    out = []
+    for j in order[1 : k + 1]:
+        if scores[j] < scores[top] and texts[j] != texts[top]:
+            out.append((top, j))
+    return out
+
+
+def _check_inputs(cfg: TrainConfig) -> tuple[list[PromptItem], list[PromptItem]]:
+    """Everything that can be checked before any model loads."""
+    if not cfg.prompts:
+        raise TrainingError("no prompts file: set `prompts` (a JSONL of prompt/reference/task)")
+    try:
+        items = load_prompts(cfg.prompts)
+        held_out = load_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
+    except DataError as exc:
+        raise TrainingError(str(exc)) from None
+    if any(it.reference is None for it in held_out):
+        raise TrainingError("every eval_prompts item needs a `reference`")
+    if cfg.model and not (Path(cfg.model) / "config.json").is_file():
+        raise TrainingError(f"model {cfg.model!r} is not a model folder (no config.json)")
+    for rm in cfg.reward_models:
+        path = rm.options.get("path")
+        if rm.kind in ("hf", "vllm_pooling") and not (path and Path(str(path)).is_dir()):
+            raise TrainingError(f"reward model {rm.name!r}: path {path!r} is not a folder")
+        if rm.kind == "remote" and "url" not in rm.options:
+            raise TrainingError(f"reward model {rm.name!r}: a remote RM needs options.url")
+    return items, held_out
+
+
+class Trainer:
+    """One training run. Build it, then `await trainer.run()`."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        cache_dir: Path | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        initial_bandit: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.items, self.held_out = _check_inputs(cfg)
+        self.out = Path(cfg.output_dir)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainingError(f"cannot create output_dir {str(self.out)!r}: {exc}") from None
+        self.resume = resume
+        self.progress = progress
+        self.cache_dir = cache_dir or Path("laser-data") / "cache"
+        self.should_stop = should_stop or (lambda: False)
+        self.initial_bandit = initial_bandit
+        self.state = RunState()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _load(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from laser.server import assets
+        from laser.server.featurize import Featurizer, SentenceEncoder
+        from laser.server.rewards import build_reward_model
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.torch = torch
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.model_path = cfg.model or str(assets.embedded_model(self.cache_dir))
+        self.model_name = Path(self.model_path).name
+        self.tok = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets),
+            task_type="CAUSAL_LM",
+        )
+        try:
+            self.policy = get_peft_model(base, lora)
+        except ValueError as exc:
+            raise TrainingError(f"LoRA targets {cfg.lora_targets}: {exc}") from None
+        self.params = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
+        # The reference starts as the initial policy (LoRA B = 0: the base model).
+        self.reference = {n: p.detach().clone() for n, p in self.params.items()}
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate)
+        self.model, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+
+        if cfg.engine == "hf":
+            from laser.server.training.hf_engine import HFEngine
+
+            self.engine: Any = HFEngine(
+                self.policy,
+                self.tok,
+                name=self.model_name,
+                max_model_len=cfg.max_model_len,
+                scoring_context=self.policy.disable_adapter,
+            )
+        else:
+            from laser.server.engine import VLLMEngine
+
+            self.engine = VLLMEngine(
+                self.model_path,
+                name=self.model_name,
+                max_model_len=cfg.max_model_len,
+                seed=cfg.seed,
+                enable_lora=True,
+                max_lora_rank=max(cfg.lora_r, 8),
+            )
+        self.encoder = SentenceEncoder(assets.minilm_path())
+        self.featurizer = Featurizer(self.encoder, cfg.feature_dim, cfg.seed)
+        self.rms = {
+            spec.name: build_reward_model(spec, engine=self.engine, encoder=self.encoder)
+            for spec in cfg.reward_models
+        }
+        self.selector = _selector(cfg, list(self.rms), self.featurizer.dim)
+        if self.initial_bandit is not None and isinstance(self.selector, LinUCB):
+            seeded = load_selector(self.initial_bandit)
+            if not isinstance(seeded, LinUCB) or seeded.config.dim != self.featurizer.dim:
+                raise TrainingError("initial bandit: not a LinUCB of the featurizer's dimension")
+            for name in self.rms:
+                if name not in seeded.arms:
+                    seeded.add_arm(name)
+            self.selector = seeded
+        self.squash = PercentileSquash()
+        self.prompts = [self._render(it) for it in self.items]
+        self.prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in self.prompts]
+        for i, ids in enumerate(self.prompt_ids):
+            if len(ids) + cfg.max_tokens > cfg.max_model_len:
+                raise TrainingError(
+                    f"prompt {i + 1} is {len(ids)} tokens; with max_tokens={cfg.max_tokens} it "
+                    f"does not fit max_model_len={cfg.max_model_len}"
+                )
+        self.contexts = self.featurizer.features_batch(
+            [it.prompt for it in self.items], [bool(it.documents) for it in self.items]
+        )
+
+    def _render(self, item: PromptItem) -> str:
+        content = format_documents(item.prompt, item.documents) if item.documents else item.prompt
+        rendered: str = self.engine.render_chat([{"role": "user", "content": content}])
+        return rendered
+
+    # -- resume -----------------------------------------------------------------------------
+    def _restore(self) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        ckpt = latest_checkpoint(self.out / "checkpoints")
+        if ckpt is None:
+            log.info("no checkpoint in %s: starting from the beginning", self.out)
+            return
+        data = load_checkpoint(ckpt)
+        adapter = load_file(str(data["adapter_dir"] / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.policy, adapter)
+        for name, value in data["reference"].items():
+            self.reference[name] = value.to(self.params[name].device)
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.torch.set_rng_state(data["rng"]["torch"])
+        if data["selector"] is not None and self.selector is not None:
+            self.selector.load_state_dict(from_bytes(data["selector"]))
+        self.squash.load_state_dict(from_bytes(data["squash"]))
+        s = data["state"]
+        self.state = RunState(
+            iteration=s["iteration"],
+            step=s["step"],
+            rm_counts=s["rm_counts"],
+            eval_before=s.get("eval_before"),
+            elapsed_s=s.get("elapsed_s", 0.0),
+        )
+        # Logs written after the checkpoint belong to the interrupted attempt: drop them.
+        for name in ("steps.jsonl", "pairs.jsonl"):
+            self._truncate_log(self.out / name, s["step"])
+        log.info("resumed from %s (iteration %d, step %d)", ckpt, s["iteration"], s["step"])
+
+    @staticmethod
+    def _truncate_log(path: Path, last_step: int) -> None:
+        if not path.exists():
+            return
+        keep = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step
+        ]
+        write_atomic_text(path, "".join(line + "\n" for line in keep))
+
+    def _checkpoint(self) -> Path:
+        rng = {"torch": self.torch.get_rng_state()}
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.state.iteration,
+            save_adapter=lambda p: self.acc.unwrap_model(self.model).save_pretrained(p),
+            reference=self.reference,
+            optimizer_state=self.optimizer.state_dict(),
+            selector_bytes=to_bytes(self.selector) if self.selector is not None else None,
+            squash_bytes=to_bytes(self.squash),
+            rng=rng,
+            state={
+                "iteration": self.state.iteration,
+                "step": self.state.step,
+                "rm_counts": self.state.rm_counts,
+                "eval_before": self.state.eval_before,
+                "elapsed_s": self.state.elapsed_s,
+                "config": self.cfg.model_dump(),
+            },
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _batches(self, iteration: int) -> list[list[int]]:
+        order = np.random.default_rng(self.cfg.seed + iteration).permutation(len(self.items))
+        bs = self.cfg.batch_size
+        return [order[i : i + bs].tolist() for i in range(0, len(order), bs)]
+
+    def _current_adapter(self) -> Adapter | None:
+        """How the new weights reach vLLM: the LoRA adapter saved after each step is loaded
+        under a new id (vLLM caches adapters by id). HF generation uses the model itself."""
+        if self.cfg.engine == "hf" or self.state.step == 0:
+            return None
+        path = self.out / "adapters" / f"step-{self.state.step}"
+        if not path.exists():
+            self.acc.unwrap_model(self.model).save_pretrained(path)
+            old = self.out / "adapters" / f"step-{self.state.step - 2}"
+            shutil.rmtree(old, ignore_errors=True)
+        return Adapter(f"policy-{self.state.step}", str(path), self.state.step + 1)
+
+    async def _scores(
+        self, arms: list[str], batch: list[int], gens: list[Any]
+    ) -> list[list[float]]:
+        out = []
+        for arm, i, gen in zip(arms, batch, gens, strict=True):
+            item = self.items[i]
+            # RMs never see the gold reference while training: they judge as they would live.
+            query = Query(item.prompt, self.prompts[i], item.documents, item.task, None)
+            texts = [c.text for c in gen.completions]
+            if arm == "ensemble":
+                per_rm = [await self.rms[name].score(query, texts) for name in self.rms]
+                out.append(normalized_mean(per_rm))
+            else:
+                out.append([float(s) for s in await self.rms[arm].score(query, texts)])
+        return out
+
+    def _response_ids(self, text: str, finish: str | None) -> list[int]:
+        ids: list[int] = self.tok(text, add_special_tokens=False)["input_ids"]
+        # A response that ended by itself is trained to end: its EOS is part of it.
+        if finish == "stop" and self.tok.eos_token_id is not None:
+            ids = [*ids, self.tok.eos_token_id]
+        return ids
+
+    def _logps(self, pairs: list[Pair], chunk: int = 8) -> tuple[Any, ...]:
+        """Reference log-probs (no grad) for every pair, chunked to bound memory."""
+        torch = self.torch
+        from laser.server.training.dpo import response_logps
+
+        rc, rr = [], []
+        with torch.no_grad():
+            self._swap_reference()
+            try:
+                for i in range(0, len(pairs), chunk):
+                    part = pairs[i : i + chunk]
+                    prompts = [self.prompt_ids[p.item] for p in part] * 2
+                    resp = [p.chosen_ids for p in part] + [p.rejected_ids for p in part]
+                    lp, _ = response_logps(
+                        self.model, prompts, resp, self.tok.pad_token_id, self.cfg.max_model_len
+                    )
+                    rc.append(lp[: len(part)])
+                    rr.append(lp[len(part) :])
+            finally:
+                self._swap_reference()
+        return torch.cat(rc), torch.cat(rr)
+
+    def _swap_reference(self) -> None:
+        for name, p in self.params.items():
+            p.data, self.reference[name] = self.reference[name], p.data
+
+    def _dpo_step(self, pairs: list[Pair]) -> tuple[dict[str, float], Any]:
+        """One optimiser step over all pairs (gradient accumulated over chunks: exact)."""
+        torch = self.torch
+        from laser.server.training.dpo import dpo_loss, response_logps
+
+        cfg, chunk = self.cfg, 8
+        ref_c, ref_r = self._logps(pairs, chunk)
+        pcs, prs, nlls = [], [], []
+        self.model.train()
+        self.optimizer.zero_grad()
+        for i in range(0, len(pairs), chunk):
+            part = pairs[i : i + chunk]
+            prompts = [self.prompt_ids[p.item] for p in part] * 2
+            resp = [p.chosen_ids for p in part] + [p.rejected_ids for p in part]
+            lp, nll = response_logps(
+                self.model, prompts, resp, self.tok.pad_token_id, cfg.max_model_len
+            )
+            k = len(part)
+            out = dpo_loss(
+                lp[:k],
+                lp[k:],
+                ref_c[i : i + k],
+                ref_r[i : i + k],
+                beta=cfg.beta,
+                chosen_nll=nll[:k],
+                nll_weight=cfg.nll_weight,
+            )
+            # The step's loss is the mean over ALL pairs: weight each chunk by its share.
+            self.acc.backward(out.loss * (k / len(pairs)))
+            pcs.append(lp[:k].detach())
+            prs.append(lp[k:].detach())
+            nlls.append(nll[:k].detach())
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        full = dpo_loss(
+            torch.cat(pcs),
+            torch.cat(prs),
+            ref_c,
+            ref_r,
+            beta=cfg.beta,
+            chosen_nll=torch.cat(nlls),
+            nll_weight=cfg.nll_weight,
+        )
+        return full.metrics, full.per_pair
+
+    def _choose(self, batch: list[int]) -> tuple[list[str], Any]:
+        cfg = self.cfg
+        if self.selector is None:
+            return ["ensemble"] * len(batch), None
+        if cfg.bandit_mode == "per_query":
+            arms = [self.selector.select(self.contexts[i]).arm for i in batch]
+            return arms, None
+        x = self.contexts[batch].mean(axis=0)  # the paper: mean context of the batch
+        return [self.selector.select(x).arm] * len(batch), x
+
+    async def _step(self, batch: list[int], iteration: int) -> dict[str, Any]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        arms, x = self._choose(batch)
+        sampling = Sampling(cfg.n, cfg.max_tokens, cfg.temperature)
+        gens = await self.engine.generate_batch(
+            [self.prompts[i] for i in batch], sampling, self._current_adapter()
+        )
+        t_gen = time.perf_counter() - t0
+        scores = await self._scores(arms, batch, gens)
+        pairs: list[Pair] = []
+        for i, gen, sc in zip(batch, gens, scores, strict=True):
+            texts = [c.text for c in gen.completions]
+            for c, r in build_pairs(sc, texts, cfg.pairs_per_prompt):
+                pairs.append(
+                    Pair(
+                        i,
+                        texts[c],
+                        texts[r],
+                        self._response_ids(texts[c], gen.completions[c].finish_reason),
+                        self._response_ids(texts[r], gen.completions[r].finish_reason),
+                    )
+                )
+        record: dict[str, Any] = {
+            "step": self.state.step + 1,
+            "iteration": iteration + 1,
+            "rm": arms[0] if len(set(arms)) == 1 else "mixed",
+            "rms": dict(Counter(arms)),
+            "tasks": [self.items[i].task for i in batch],
+            "prompts": len(batch),
+            "pairs": len(pairs),
+        }
+        if pairs:
+            metrics, per_pair = self._dpo_step(pairs)
+            record.update(metrics)
+            self._update_bandit(batch, arms, x, pairs, per_pair, metrics["loss"])
+        else:
+            # Every candidate tied: nothing to learn from, and no loss to reward the RM with.
+            record.update({"loss": None, "bandit_reward": None})
+            log.warning("step %d: no preference pairs (all candidates tied)", record["step"])
+        with (self.out / "pairs.jsonl").open("a", encoding="utf-8") as f:
+            for p in pairs:
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": self.prompts[p.item],
+                            "chosen": p.chosen,
+                            "rejected": p.rejected,
+                            "step": record["step"],
+                            "rm": arms[batch.index(p.item)],
+                        }
+                    )
+                    + "\n"
+                )
+        elapsed = time.perf_counter() - t0
+        record.update(
+            {
+                "generate_s": round(t_gen, 3),
+                "step_s": round(elapsed, 3),
+                "pairs_per_s": round(len(pairs) / elapsed, 3),
+            }
+        )
+        return record
+
+    def _update_bandit(
+        self,
+        batch: list[int],
+        arms: list[str],
+        x: Any,
+        pairs: list[Pair],
+        per_pair: Any,
+        loss: float,
+    ) -> None:
+        if self.selector is None:
+            return
+        if self.cfg.bandit_mode == "batch":
+            reward = self.squash(-loss)
+            self.selector.update(arms[0], x, reward)
+            self._last_reward: float | None = reward
+            return
+        # per_query: each prompt's RM is rewarded with the loss of that prompt's own pairs.
+        rewards = []
+        for i, arm in zip(batch, arms, strict=True):
+            mine = [k for k, p in enumerate(pairs) if p.item == i]
+            if mine:
+                r = self.squash(-float(per_pair[mine].mean()))
+                self.selector.update(arm, self.contexts[i], r)
+                rewards.append(r)
+        self._last_reward = float(np.mean(rewards)) if rewards else None
+
+    # -- evaluation on held-out prompts -----------------------------------------------------
+    async def evaluate(self) -> dict[str, Any] | None:
+        """Greedy accuracy on `eval_prompts` with the current policy (None without them)."""
+        if not self.held_out:
+            return None
+        prompts = [self._render(it) for it in self.held_out]
+        gens = await self.engine.generate_batch(
+            prompts, Sampling(1, self.cfg.max_tokens, 0.0), self._current_adapter()
+        )
+        by_task: dict[str, list[bool]] = {}
+        for it, gen in zip(self.held_out, gens, strict=True):
+            assert it.reference is not None
+            ok = answers.matches(
+                gen.completions[0].text, it.reference, answers.answer_kind(it.task, it.reference)
+            )
+            by_task.setdefault(it.task or "all", []).append(ok)
+        flat = [v for vs in by_task.values() for v in vs]
+        return {
+            "accuracy": sum(flat) / len(flat),
+            "items": len(flat),
+            "by_task": {t: sum(v) / len(v) for t, v in by_task.items()},
+        }
+
+    def _status(self, state: str, last: dict[str, Any] | None, total: int, **extra: Any) -> None:
+        write_atomic_text(
+            self.out / "status.json",
+            json.dumps(
+                {
+                    "state": state,
+                    "iteration": self.state.iteration,
+                    "iterations": self.cfg.iterations,
+                    "step": self.state.step,
+                    "steps": total,
+                    "last_loss": None if last is None else last.get("loss"),
+                    "last_rm": None if last is None else last.get("rm"),
+                    "rm_counts": self.state.rm_counts,
+                    "updated": time.time(),
+                    **extra,
+                }
+            ),
+        )
+
+    async def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        self._load()
+        if self.resume:
+            self._restore()
+        steps_per_iter = math.ceil(len(self.items) / self.cfg.batch_size)
+        total = steps_per_iter * self.cfg.iterations
+        self._last_reward = None
+        if self.state.eval_before is None and self.held_out:
+            log.info("evaluating the starting policy on %d held-out items", len(self.held_out))
+            self.state.eval_before = await self.evaluate()
+        bar = tqdm(
+            total=total,
+            initial=self.state.step,
+            desc=f"train[{self.cfg.label}]",
+            disable=not self.progress or not self.acc.is_main_process,
+            unit="step",
+        )
+        last: dict[str, Any] | None = None
+        t_start = time.perf_counter() - self.state.elapsed_s
+        self._status("running", last, total)
+        for iteration in range(self.state.iteration, self.cfg.iterations):
+            for batch in self._batches(iteration):
+                if self.should_stop():
+                    self._status("cancelled", last, total)
+                    raise Cancelled(f"stopped at step {self.state.step}")
+                last = await self._step(batch, iteration)
+                last["bandit_reward"] = self._last_reward if last.get("loss") is not None else None
+                self.state.step += 1
+                for arm, count in last["rms"].items():
+                    self.state.rm_counts[arm] = self.state.rm_counts.get(arm, 0) + count
+                last["elapsed_s"] = round(time.perf_counter() - t_start, 3)
+                with (self.out / "steps.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(last) + "\n")
+                loss = last.get("loss")
+                bar.set_postfix(
+                    loss="-" if loss is None else f"{loss:.4f}",
+                    rm=last["rm"],
+                    pairs_s=last["pairs_per_s"],
+                )
+                bar.update(1)
+                self._status("running", last, total)
+            # End of an iteration: the reference becomes the current policy.
+            self.reference = {n: p.detach().clone() for n, p in self.params.items()}
+            self.state.iteration = iteration + 1
+            self.state.elapsed_s = time.perf_counter() - t_start
+            self._checkpoint()
+        bar.close()
+        summary = await self._summary(total, time.perf_counter() - t_start)
+        self._status("succeeded", last, total)
+        return summary
+
+    async def _summary(self, total: int, wall: float) -> dict[str, Any]:
+        from laser.server.training.report import plot_training
+
+        steps = [
+            json.loads(line)
+            for line in (self.out / "steps.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+        eval_after = await self.evaluate()
+        losses = [s["loss"] for s in steps if s.get("loss") is not None]
+        summary = {
+            "selector": self.cfg.label,
+            "bandit_mode": self.cfg.bandit_mode,
+            "model": self.model_name,
+            "iterations": self.cfg.iterations,
+            "steps": total,
+            "pairs": sum(s["pairs"] for s in steps),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "rm_counts": self.state.rm_counts,
+            "eval_before": self.state.eval_before,
+            "eval_after": eval_after,
+            "wall_s": round(wall, 1),
+            "adapter": str(self.out / "checkpoints" / f"iter-{self.state.iteration}" / "adapter"),
+        }
+        write_atomic_text(self.out / "summary.json", json.dumps(summary, indent=1))
+        try:
+            plot_training(steps, self.out / "training.png", title=f"{self.cfg.label} training")
+        except Exception as exc:  # a plot is never worth failing a finished run
+            log.warning("plot failed: %s", exc)
+        return summary
+
+    def shutdown(self) -> None:
+        if hasattr(self, "engine"):
+            self.engine.shutdown()
+
+
+async def run_training(cfg: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+    """Build a Trainer, run it, shut its engine down."""
+    trainer = Trainer(cfg, **kwargs)
+    try:
+        return await trainer.run()
+    finally:
+        trainer.shutdown()
+
+
+def resume_state(output_dir: str | Path) -> dict[str, Any] | None:
+    """The `state.json` of the latest checkpoint under `output_dir` (None if none)."""
+    ckpt = latest_checkpoint(Path(output_dir) / "checkpoints")
+    if ckpt is None:
+        return None
+    state: dict[str, Any] = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    return state
+
+
+__all__ = [
+    "Cancelled",
+    "Trainer",
+    "TrainingError",
+    "build_pairs",
+    "resume_state",
+    "run_training",
+]
