@@ -3,8 +3,10 @@
 APIError(status, message, type, param, code)
  ├── BadRequestError        400 invalid_request_error
  ├── UnauthorizedError      401 authentication_error
+ ├── ForbiddenError         403 permission_error
  ├── NotFoundError          404 not_found_error
  ├── ConflictError          409 conflict_error
+ ├── TooManyRequestsError   429 rate_limit_error (with Retry-After: the queue is full)
  └── ServiceUnavailableError 503 service_unavailable (with Retry-After)
 """
 
@@ -49,6 +51,11 @@ class UnauthorizedError(APIError):
     type = "authentication_error"
 
 
+class ForbiddenError(APIError):
+    status = 403
+    type = "permission_error"
+
+
 class NotFoundError(APIError):
     status = 404
     type = "not_found_error"
@@ -57,6 +64,11 @@ class NotFoundError(APIError):
 class ConflictError(APIError):
     status = 409
     type = "conflict_error"
+
+
+class TooManyRequestsError(APIError):
+    status = 429
+    type = "rate_limit_error"
 
 
 class ServiceUnavailableError(APIError):

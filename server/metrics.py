@@ -54,3 +54,22 @@ class Metrics:
         self.tokens = Counter("laser_tokens", "Tokens processed", ["kind"], registry=r)
         self.in_flight = Gauge("laser_in_flight", "Requests being processed", registry=r)
         self.engine_errors = Counter("laser_engine_errors", "Engine failures", registry=r)
+        # Back-pressure and faults (laser.server.admission, the store).
+        self.generate_active = Gauge(
+            "laser_generate_active", "Generation requests holding a slot", registry=r
+        )
+        self.queue_depth = Gauge(
+            "laser_queue_depth", "Generation requests waiting for a slot", registry=r
+        )
+        self.rejected = Counter(
+            "laser_rejected",
+            "Generation requests refused for overload (queue_full: 429, queue_timeout: 503)",
+            ["reason"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "laser_store_errors",
+            "SQLite writes that failed (locked, disk full, I/O); nothing was acknowledged",
+            ["op"],
+            registry=r,
+        )

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from laser.server.admission import check_input_size
 from laser.server.errors import BadRequestError, ConflictError
 from laser.server.pipeline import Reranker
 from laser.server.protocol import ChatMessage, GenerateRequest, GenerateResponse
@@ -117,11 +118,14 @@ async def run_generate(request: Request, req: GenerateRequest, prefix: str) -> G
     if given is not None and len(given) > 128:
         raise BadRequestError("X-Request-Id is longer than 128 characters", param="X-Request-Id")
     request_id = given or f"{prefix}-{uuid.uuid4().hex}"
-    try:
-        # Ids the caller chose are checked before any work; ours are fresh uuid4s.
-        return await reranker.generate(req, request_id, check_id=given is not None)
-    except sqlite3.IntegrityError:  # the same id raced in twice: the first one stands
-        raise ConflictError(f"request id {request_id!r} was used already", param="id") from None
+    check_input_size(req, reranker.settings)
+    # Back-pressure: a bounded number run, a bounded number wait, the rest get 429 at once.
+    async with request.app.state.admission.slot():
+        try:
+            # Ids the caller chose are checked before any work; ours are fresh uuid4s.
+            return await reranker.generate(req, request_id, check_id=given is not None)
+        except sqlite3.IntegrityError:  # the same id raced in twice: the first one stands
+            raise ConflictError(f"request id {request_id!r} was used already", param="id") from None
 
 
 @router.post("/completions")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 class PathNotAllowedError(ValueError):
@@ -36,3 +37,42 @@ def confine(path: str | Path, roots: Sequence[Path]) -> Path:
         f"path {str(path)!r} is outside the allowed folders "
         f"({', '.join(str(r) for r in roots)}); set `model_roots` in the server config"
     )
+
+
+# Options of each reward-model kind that name a local folder (the model, or its tokenizer).
+PATH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "hf": ("path",),
+    "vllm_pooling": ("path",),
+    "remote": ("tokenizer",),
+}
+
+
+class PathOptionError(ValueError):
+    """A path option that is not a string or lies outside the allowed folders."""
+
+    def __init__(self, option: str, message: str, allowed: bool) -> None:
+        super().__init__(message)
+        self.option, self.allowed = option, allowed
+
+
+def confine_options(kind: str, options: dict[str, Any], roots: Sequence[Path]) -> dict[str, Any]:
+    """`options` of a reward model sent over the API, with every folder it names confined to
+    `roots` (and replaced by its resolved form, so what is stored is what was checked).
+
+    >>> confine_options("hf", {"path": "rm"}, [Path("/srv")])["path"]
+    '/srv/rm'
+    """
+    out = dict(options)
+    for key in PATH_OPTIONS.get(kind, ()):
+        value = out.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise PathOptionError(key, f"options.{key} must be a string (a folder)", True)
+        try:
+            out[key] = str(confine(value, roots))
+        except PathNotAllowedError as exc:
+            raise PathOptionError(key, f"options.{key}: {exc}", False) from None
+        except (ValueError, OSError) as exc:  # NUL bytes, names too long
+            raise PathOptionError(key, f"options.{key} is not a usable path: {exc}", True) from None
+    return out

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes, to_bytes
 from laser.server import answers
+from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.engine import Engine, EngineError, Sampling
 from laser.server.errors import (
@@ -40,6 +43,8 @@ from laser.server.rewards import Query, RewardModel
 from laser.server.store import Decision, DuplicateFeedbackError, Store, UnknownDecisionError
 
 log = logging.getLogger("laser.server")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,6 +93,12 @@ class Reranker:
                 disabled.add(name)
         self.metrics = metrics or Metrics()
         self.stats = {name: RMStats() for name in self.reward_models}
+        self.breakers = {name: self._new_breaker() for name in self.reward_models}
+        self.metrics.registry.register(BreakerCollector(self.breakers))
+        # Faults of the engine and the store, for /health: the last error while the fault
+        # lasts (cleared by the next success).
+        self.engine_fault: str | None = None
+        self.store_fault: str | None = None
         b = settings.bandit
         self.bandit_config = LinUCBConfig(
             dim=featurizer.dim, alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, seed=b.seed
@@ -131,6 +142,65 @@ class Reranker:
         self._feedback_seq = max(self._feedback_seq, after)
         if snap is not None or replayed:
             log.info("bandit restored: snapshot at feedback %d, %d replayed", after, replayed)
+
+    # -- faults -----------------------------------------------------------------------------
+    def _new_breaker(self) -> CircuitBreaker:
+        b = self.settings.breaker
+        return CircuitBreaker(b.failures, b.cooldown_s)
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
+    async def _stored(self, op: str, call: Awaitable[T]) -> T:
+        """Await a store call; SQLite locked / disk full / I/O error becomes a 503 (nothing
+        was committed, so nothing is acknowledged) and is shown in /health until a write
+        succeeds again."""
+        try:
+            result = await call
+        except sqlite3.OperationalError as exc:
+            self.store_fault = f"{op}: {exc}"
+            self.metrics.store_errors.labels(op).inc()
+            log.warning("store %s failed: %s", op, exc)
+            raise ServiceUnavailableError(
+                f"the store could not save the {op} ({exc}); nothing was recorded, retry later",
+                code="store_unavailable",
+                headers=self._retry_after(),
+            ) from exc
+        if op != "read":
+            self.store_fault = None
+        return result
+
+    def _select(self, x: np.ndarray) -> Selection:
+        """The bandit's choice among enabled arms whose circuit is not open (all of them if
+        every one is open). Propensities are over the arms actually eligible."""
+        out = [
+            a
+            for a in self.bandit.enabled_arms
+            if a in self.breakers and not self.breakers[a].available()
+        ]
+        if len(out) == len(self.bandit.enabled_arms):
+            out = []
+        for a in out:  # on the loop, no await in between: nobody sees the toggled state
+            self.bandit.disable_arm(a)
+        try:
+            return self.bandit.select(x)
+        finally:
+            for a in out:
+                self.bandit.enable_arm(a)
+
+    def faults(self) -> list[str]:
+        """Current faults, one line each; empty when healthy (`/health` status `ok`)."""
+        out = []
+        for name, breaker in self.breakers.items():
+            if breaker.state != "closed":
+                out.append(f"reward model {name}: circuit {breaker.state}")
+            elif breaker.consecutive:
+                out.append(f"reward model {name}: {self.stats[name].last_error}")
+        if self.engine_fault is not None:
+            out.append(f"engine: {self.engine_fault}")
+        if self.store_fault is not None:
+            out.append(f"store: {self.store_fault}")
+        return out
 
     # -- prompt -----------------------------------------------------------------------------
     def prepare(self, req: GenerateRequest, max_tokens: int) -> Prepared:
@@ -228,7 +298,7 @@ class Reranker:
             )
         # Ids the caller chose are checked before any work; our own uuid4 ids need no
         # round trip (the primary key still guards both).
-        if check_id and await self.store.get_decision(request_id) is not None:
+        if check_id and await self._stored("read", self.store.get_decision(request_id)):
             raise ConflictError(f"request id {request_id!r} was used already", param="id")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -250,9 +320,11 @@ class Reranker:
                 g = await self.engine.generate(prep.prompt, sampling)
             except EngineError as exc:
                 self.metrics.engine_errors.inc()
+                self.engine_fault = f"{exc}"[:300]
                 raise ServiceUnavailableError(
-                    f"generation failed: {exc}", code="engine_error", headers={"Retry-After": "1"}
+                    f"generation failed: {exc}", code="engine_error", headers=self._retry_after()
                 ) from exc
+            self.engine_fault = None
             timings["generate"] = time.perf_counter() - t
             return g
 
@@ -267,7 +339,7 @@ class Reranker:
                 *[a for a in self.bandit.enabled_arms if a != req.reward_model],
             ]
         else:
-            sel, how = self.bandit.select(x), "bandit"
+            sel, how = self._select(x), "bandit"
             order = self._ranked_arms(sel)
         timings["select"] = time.perf_counter() - t
 
@@ -276,21 +348,40 @@ class Reranker:
         t = time.perf_counter()
         scores: list[float] | None = None
         used = order[0]
+        # Open circuits are skipped, unless every arm is open: then all are tried anyway.
+        open_arms = {a for a in order if not self.breakers[a].available()}
+        if len(open_arms) == len(order):
+            open_arms = set()
         for arm in order:
+            if arm in open_arms:
+                continue
+            breaker = self.breakers[arm]
+            breaker.begin()
             try:
                 scores = await self._score(arm, query, texts)
-                used = arm
-                break
+            except asyncio.CancelledError:
+                breaker.abandon()
+                raise
             except Exception as exc:  # an RM fault never fails the request
+                breaker.failure()
                 self.stats[arm].errors += 1
                 self.stats[arm].last_error = f"{type(exc).__name__}: {exc}"[:300]
                 self.metrics.rm_errors.labels(arm).inc()
-                log.warning("reward model %s failed: %s", arm, self.stats[arm].last_error)
+                log.warning(
+                    "reward model %s failed (circuit %s): %s",
+                    arm,
+                    breaker.state,
+                    self.stats[arm].last_error,
+                )
+            else:
+                breaker.success()
+                used = arm
+                break
         if scores is None:
             raise ServiceUnavailableError(
                 "every reward model failed",
                 code="reward_models_failed",
-                headers={"Retry-After": "1"},
+                headers=self._retry_after(),
             )
         timings["score"] = time.perf_counter() - t
         if used != order[0]:
@@ -301,21 +392,25 @@ class Reranker:
         self.metrics.rm_selected.labels(used, how).inc()
 
         t = time.perf_counter()
-        await self.store.add_decision(
-            Decision(
-                id=request_id,
-                created=time.time(),
-                prompt=prep.question,
-                task=req.task,
-                has_document=bool(prep.documents),
-                arm=used,
-                propensity=propensity,
-                selection=how,
-                context=x,
-                scores=list(scores),
-                chosen=best,
-                model=self.engine.model_name,
-            )
+        # A decision that cannot be written is not answered: 503, the caller retries.
+        await self._stored(
+            "decision",
+            self.store.add_decision(
+                Decision(
+                    id=request_id,
+                    created=time.time(),
+                    prompt=prep.question,
+                    task=req.task,
+                    has_document=bool(prep.documents),
+                    arm=used,
+                    propensity=propensity,
+                    selection=how,
+                    context=x,
+                    scores=list(scores),
+                    chosen=best,
+                    model=self.engine.model_name,
+                )
+            ),
         )
         timings["store"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
@@ -357,7 +452,9 @@ class Reranker:
     # -- feedback ---------------------------------------------------------------------------
     async def feedback(self, decision_id: str, reward: float) -> FeedbackResponse:
         try:
-            seq, decision = await self.store.add_feedback(decision_id, reward)
+            seq, decision = await self._stored(
+                "feedback", self.store.add_feedback(decision_id, reward)
+            )
         except UnknownDecisionError:
             raise NotFoundError(f"no decision with id {decision_id!r}", param="id") from None
         except DuplicateFeedbackError:
@@ -380,7 +477,10 @@ class Reranker:
         self.metrics.feedback_reward.labels(decision.arm).observe(reward)
         self._since_snapshot += 1
         if self._since_snapshot >= self.settings.bandit.snapshot_every:
-            await self.snapshot()
+            try:  # the feedback is committed: a failed snapshot must not turn it into an error
+                await self.snapshot()
+            except ServiceUnavailableError as exc:
+                log.warning("bandit snapshot failed, will retry: %s", exc)
         return FeedbackResponse(
             id=decision_id, reward=reward, reward_model=decision.arm, applied=applied
         )
@@ -394,11 +494,16 @@ class Reranker:
             raise BadRequestError("this server cannot build reward models at run time")
         try:
             rm = self.build_rm(spec)
-        except (TypeError, ValueError) as exc:
-            raise BadRequestError(f"cannot build {spec.name!r}: {exc}", param="options") from exc
-        await self.store.put_reward_model(spec.name, spec.model_dump_json(), True)
+        except Exception as exc:  # bad options, a missing or broken model folder
+            raise BadRequestError(
+                f"cannot build {spec.name!r}: {type(exc).__name__}: {exc}"[:500], param="options"
+            ) from exc
+        await self._stored(
+            "reward_model", self.store.put_reward_model(spec.name, spec.model_dump_json(), True)
+        )
         self.reward_models[spec.name] = rm
         self.stats[spec.name] = RMStats()
+        self.breakers[spec.name] = self._new_breaker()
         self.bandit.add_arm(spec.name)
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
@@ -408,7 +513,10 @@ class Reranker:
             raise ConflictError("cannot disable the last enabled reward model", param="name")
         spec = RewardModelSpec(name=name, kind=self.reward_models[name].kind)  # type: ignore[arg-type]
         rows = {n: sj for n, sj, _ in self.store.reward_model_rows()}
-        await self.store.put_reward_model(name, rows.get(name, spec.model_dump_json()), enabled)
+        await self._stored(
+            "reward_model",
+            self.store.put_reward_model(name, rows.get(name, spec.model_dump_json()), enabled),
+        )
         if enabled:
             self.bandit.enable_arm(name)
         else:
@@ -435,7 +543,7 @@ class Reranker:
     async def snapshot(self) -> None:
         # Bytes are taken on the loop, so they match _feedback_seq exactly.
         blob, seq = to_bytes(self.bandit), self._feedback_seq
-        await self.store.add_snapshot(seq, blob)
+        await self._stored("snapshot", self.store.add_snapshot(seq, blob))
         self._since_snapshot = 0
 
     def snapshot_sync(self) -> None:
@@ -456,6 +564,7 @@ class Reranker:
                         else None
                     ),
                     "last_error": self.stats[name].last_error if name in self.stats else None,
+                    **(self.breakers[name].status() if name in self.breakers else {}),
                 }
                 for name in self.bandit.arms
             },

@@ -1,0 +1,192 @@
+"""Back-pressure for generation requests, and size limits on what a request may carry.
+
+At most `max_concurrent` generation requests are worked on at once; up to `max_queue` more
+wait (first come, first served) for a slot. Past that the request is refused at once with
+429 and `Retry-After`, before any work; one that waits longer than `queue_timeout_s` gets
+503. So memory and latency stay bounded however hard clients push, and the server serves
+normally again as soon as the load drops.
+
+    admission = Admission(max_concurrent=2, max_queue=4, queue_timeout_s=30, retry_after_s=1)
+
+    async def handle(req):
+        async with admission.slot():  # raises TooManyRequestsError (429) when full
+            return await run(req)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from laser.server.errors import BadRequestError, ServiceUnavailableError, TooManyRequestsError
+
+if TYPE_CHECKING:
+    from laser.server.config import Settings
+    from laser.server.metrics import Metrics
+    from laser.server.protocol import GenerateRequest
+
+
+class Admission:
+    """A bounded slot pool with a bounded wait line; all state lives on the event loop."""
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        max_queue: int,
+        queue_timeout_s: float,
+        retry_after_s: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self.queue_timeout_s, self.retry_after_s = queue_timeout_s, retry_after_s
+        self.metrics = metrics
+        self.active = 0  # holding a slot
+        self.waiting = 0  # queued for one
+        self.rejected: dict[str, int] = {"queue_full": 0, "queue_timeout": 0}
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Admission:
+        return cls(
+            settings.max_concurrent,
+            settings.max_queue,
+            settings.queue_timeout_s,
+            settings.retry_after_s,
+            metrics,
+        )
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.generate_active.set(self.active)
+            self.metrics.queue_depth.set(self.waiting)
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        if self.metrics is not None:
+            self.metrics.rejected.labels(reason).inc()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the `max_concurrent` slots for the body of the `async with`."""
+        headers = {"Retry-After": str(self.retry_after_s)}
+        if self._slots.locked() and self.waiting >= self.max_queue:
+            self._reject("queue_full")
+            raise TooManyRequestsError(
+                f"the server is at capacity ({self.active} requests running, {self.waiting} "
+                f"waiting, limits max_concurrent={self.max_concurrent}, "
+                f"max_queue={self.max_queue}); retry after {self.retry_after_s} s",
+                code="queue_full",
+                headers=headers,
+            )
+        self.waiting += 1
+        self._gauges()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+        except asyncio.TimeoutError:
+            self._reject("queue_timeout")
+            raise ServiceUnavailableError(
+                f"waited {self.queue_timeout_s:g} s for a free slot; the server is overloaded, "
+                f"retry after {self.retry_after_s} s",
+                code="queue_timeout",
+                headers=headers,
+            ) from None
+        finally:
+            self.waiting -= 1
+            self._gauges()
+        self.active += 1
+        self._gauges()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._slots.release()
+            self._gauges()
+
+    def status(self) -> dict[str, Any]:
+        """What `/health` shows: `{"active", "waiting", "max_concurrent", "max_queue", ...}`."""
+        return {
+            "active": self.active,
+            "waiting": self.waiting,
+            "max_concurrent": self.max_concurrent,
+            "max_queue": self.max_queue,
+            "rejected": dict(self.rejected),
+        }
+
+
+def check_input_size(req: GenerateRequest, settings: Settings) -> None:
+    """Refuse (400 `input_too_large`, naming the field) a prompt or documents over the limits.
+
+    Checked before queueing: tokenizing megabytes of text would stall the event loop for
+    everyone, and such a request could never fit the model anyway (documents are cut to fit,
+    but only up to `max_document_chars`).
+
+        check_input_size(GenerateRequest(prompt="x" * 10**6), settings)  # BadRequestError
+    """
+    if req.messages is not None:
+        prompt_chars, param = sum(len(m.content) for m in req.messages), "messages"
+    else:
+        prompt_chars, param = len(req.prompt or ""), "prompt"
+    if prompt_chars > settings.max_prompt_chars:
+        raise BadRequestError(
+            f"{param} has {prompt_chars} characters; this server takes at most "
+            f"{settings.max_prompt_chars} (max_prompt_chars)",
+            param=param,
+            code="input_too_large",
+        )
+    docs = [req.document] if req.document is not None else list(req.documents or [])
+    if len(docs) > settings.max_documents:
+        raise BadRequestError(
+            f"{len(docs)} documents; this server takes at most {settings.max_documents} "
+            "(max_documents)",
+            param="documents",
+            code="input_too_large",
+        )
+    doc_chars = sum(len(d) for d in docs)
+    if doc_chars > settings.max_document_chars:
+        raise BadRequestError(
+            f"the documents have {doc_chars} characters together; this server takes at most "
+            f"{settings.max_document_chars} (max_document_chars)",
+            param="document" if req.document is not None else "documents",
+            code="input_too_large",
+        )
+
+
+class BodyTooLargeError(StarletteHTTPException):
+    """A streamed (chunked) body grew past `max_body_bytes`: 413, reading stops there."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the limit ({limit} bytes)")
+
+
+class BodyLimitMiddleware:
+    """Counts the body bytes as they arrive, so a body without a Content-Length (chunked
+    transfer) cannot grow past `max_body_bytes` either; the app's own check refuses an
+    announced Content-Length before reading anything.
+
+        app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, limited, send)
