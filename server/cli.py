@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
 
     add_train(sub)
 
+    from laser.server.evaluation.cli import add_parser as add_eval
+
+    add_eval(sub)
+
     args = parser.parse_args(argv)
     args.func(args)
 
