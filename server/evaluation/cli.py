@@ -1,0 +1,142 @@
+"""`laser-server eval`: flags, then the harness. Heavy imports happen inside `run`.
+
+laser-server eval                                   # every built-in task, the embedded default
+laser-server eval --tasks math,qa --items 40 --n 8
+laser-server eval --prompts my.jsonl --tasks ""     # only your data
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shlex
+import sys
+import time
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="compare RM-selection strategies (LASeR, single RMs, ensembles, ...) on data",
+        description=(
+            "Sample n candidates per item ONCE (cached on disk by model, prompt and sampling "
+            "settings), score them with every RM once (cached), then let every strategy choose "
+            "from the same candidates: LASeR (LinUCB), random RM, each single RM, score and "
+            "agreement ensembles, no reranking, greedy decoding, oracles. Writes report.md, "
+            "report.json and PNG plots into --out. Tasks: arithmetic, gsm8k, gpqa, longqa, "
+            "multidoc_qa, or the suites all, math, mc, qa. The engine and RMs come from "
+            "--config / LASER_* / flags, as for `serve` (default: the embedded SmolLM2-135M "
+            "with loglik, agreement, relevance)."
+        ),
+    )
+    p.add_argument("--tasks", default="all", help="comma-separated tasks/suites (default all)")
+    p.add_argument("--items", type=int, default=30, help="items per built-in task (default 30)")
+    p.add_argument("--prompts", help="your JSONL: prompt, reference, optional document(s), task")
+    p.add_argument("--n", type=int, default=8, help="candidates per item (default 8)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per candidate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--orderings", type=int, default=3, help="seeded item orders (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval-report", help="report folder (default eval-report)")
+    p.add_argument(
+        "--cache-dir", help="sample/score cache (default <data-dir>/eval-cache; 'none' = off)"
+    )
+    p.add_argument("--config", help="TOML config (engine, featurizer, bandit, reward_models)")
+    p.add_argument("--data-dir", help="model cache in <dir>/cache (default laser-data)")
+    p.add_argument("--model", help="HF model folder to sample from (default: embedded SmolLM2)")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--alpha", type=float, help="LinUCB exploration width (default: config's)")
+    p.add_argument("--late-rm", help="RM added midway (default: the best single RM)")
+    p.add_argument("--no-greedy", action="store_true", help="skip the greedy-decoding baseline")
+    p.add_argument("--no-noise", action="store_true", help="skip the noise-RM robustness check")
+    p.add_argument("--concurrency", type=int, default=8, help="items generated at once")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from pydantic import ValidationError
+
+    from laser.server.config import load_settings
+    from laser.server.data import DataError
+    from laser.server.evaluation.data import expand_tasks
+    from laser.server.evaluation.harness import EvalConfig, EvalError, evaluate
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    engine: dict[str, Any] = {}
+    if args.model is not None:
+        engine["model"] = args.model
+    if args.max_model_len is not None:
+        engine["max_model_len"] = args.max_model_len
+    if engine:
+        overrides["engine"] = engine
+    if args.alpha is not None:
+        overrides["bandit"] = {"alpha": args.alpha}
+    try:
+        settings = load_settings(args.config, **overrides)
+        # Only the user's data when --prompts is given and --tasks is left at its default.
+        tasks_spec = "" if args.prompts and args.tasks == "all" else args.tasks
+        config = EvalConfig(
+            tasks=expand_tasks(tasks_spec),
+            items_per_task=args.items,
+            prompts_file=args.prompts,
+            n=args.n,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            orderings=args.orderings,
+            seed=args.seed,
+            greedy=not args.no_greedy,
+            noise_rm=not args.no_noise,
+            late_rm=args.late_rm,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
+        if args.late_rm and args.late_rm not in {s.name for s in settings.reward_models}:
+            raise ValueError(f"--late-rm {args.late_rm!r} is not a configured reward model")
+        if args.prompts:  # a bad line fails now, before minutes of model loading
+            from laser.server.data import load_prompts
+
+            load_prompts(args.prompts, require_reference=True)
+    except (ValidationError, OSError, ValueError) as exc:  # DataError is a ValueError
+        sys.exit(f"laser-server eval: {exc}")
+    if args.cache_dir == "none":
+        cache_dir = None
+    else:
+        cache_dir = args.cache_dir or str(settings.data_dir / "eval-cache")
+    command = "laser-server eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+
+    async def main() -> dict[str, Any]:
+        from laser.server.app import load_services
+
+        # vLLM's AsyncLLM binds to the loop it starts on: load it inside this one.
+        services = load_services(settings)
+        try:
+            return await evaluate(
+                config, settings, services.engine, services.encoder, args.out, cache_dir, command
+            )
+        finally:
+            services.shutdown()
+
+    start = time.perf_counter()
+    try:
+        report = asyncio.run(main())
+    except (DataError, EvalError) as exc:
+        sys.exit(f"laser-server eval: {exc}")
+    s = report["strategies"]
+    print(f"\nwall time {time.perf_counter() - start:.0f} s; report in {args.out}/report.md")
+    for name in ("laser", f"rm:{report['best_single_rm']}", "ensemble_mean", "oracle"):
+        o = s[name]["overall"]
+        print(f"  {s[name]['label']:<34} {100 * o['mean']:5.1f} ± {100 * o['std']:.1f}")

@@ -1,0 +1,324 @@
+"""RM-selection strategies over cached candidates and scores: pure numpy, no model.
+
+Every strategy picks one of the SAME n candidates per item, from a `Table` holding, for N
+items: each candidate's quality (the graded correctness; LASeR's feedback), every RM's
+scores, and the bandit's context per item.
+
+| strategy | picks | RM calls per item |
+|---|---|---|
+| `laser` | LinUCB picks one RM per item (featurizer context); feedback = pick's quality | 1 |
+| `random_rm` | a uniformly random RM per item | 1 |
+| `rm:<name>` | always that RM | 1 |
+| `ensemble_mean` | argmax of the mean of per-item min-max normalised scores of all RMs | K |
+| `ensemble_vote` | the candidate most RMs rank first (ties: `ensemble_mean`) | K |
+| `first_sample` | candidate 0 (no reranking) | 0 |
+| `greedy` | the greedy decode (a separate engine call) | 0 |
+| `oracle` | any correct candidate (max quality): the ceiling of best-of-n | - |
+| `oracle_rm_task` | per task, the RM best on that task in hindsight | 1 |
+| `oracle_rm_query` | per item, the RM whose pick is best in hindsight | 1 |
+
+Ties among a single RM's scores go to the lowest index, as in serving (`np.argmax`).
+
+>>> t = Table(tasks=["a", "a"], quality=np.array([[0.0, 1.0], [1.0, 0.0]]),
+...           scores={"x": np.array([[0.0, 1.0], [0.0, 1.0]])}, contexts=np.ones((2, 1)))
+>>> run_fixed(t, "x").quality.tolist()
+[1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from laser.bandit import LinUCB, LinUCBConfig
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass
+class Table:
+    """Graded candidates and RM scores for N items x n candidates."""
+
+    tasks: list[str]
+    quality: FloatArray
+    scores: dict[str, FloatArray]
+    contexts: FloatArray
+    exact: FloatArray | None = None
+    greedy_quality: FloatArray | None = None
+    greedy_exact: FloatArray | None = None
+    score_seconds: dict[str, FloatArray] = field(default_factory=dict)
+    """Measured seconds each RM took to score each item (for cost reports)."""
+
+    def __post_init__(self) -> None:
+        n_items = len(self.tasks)
+        if self.quality.ndim != 2 or self.quality.shape[0] != n_items:
+            raise ValueError(f"quality must be (N={n_items}, n), got {self.quality.shape}")
+        for name, s in self.scores.items():
+            if s.shape != self.quality.shape:
+                raise ValueError(f"scores of {name!r} are {s.shape}, not {self.quality.shape}")
+        if self.contexts.shape[0] != n_items:
+            raise ValueError("one context row per item is needed")
+        if self.exact is None:
+            self.exact = self.quality
+
+    @property
+    def rms(self) -> list[str]:
+        return list(self.scores)
+
+    def with_scores(self, extra: dict[str, FloatArray], seconds: dict[str, FloatArray]) -> Table:
+        """A copy with more RMs (e.g. a noise RM)."""
+        return Table(
+            tasks=self.tasks,
+            quality=self.quality,
+            scores={**self.scores, **extra},
+            contexts=self.contexts,
+            exact=self.exact,
+            greedy_quality=self.greedy_quality,
+            greedy_exact=self.greedy_exact,
+            score_seconds={**self.score_seconds, **seconds},
+        )
+
+
+@dataclass
+class Run:
+    """One strategy over one ordering. Per-item arrays are indexed by item, not stream step."""
+
+    strategy: str
+    picks: IntArray
+    quality: FloatArray
+    exact: FloatArray
+    order: IntArray
+    arms: list[str | None]
+    rm_calls: int
+    rm_seconds: float
+    overhead_seconds: float = 0.0
+
+    def curve(self) -> FloatArray:
+        """Running mean quality along the stream (what a user would have seen so far)."""
+        q = self.quality[self.order]
+        return np.cumsum(q) / np.arange(1, len(q) + 1)
+
+
+def _result(
+    name: str,
+    t: Table,
+    picks: IntArray,
+    order: IntArray | None = None,
+    arms: Sequence[str | None] | None = None,
+    overhead: float = 0.0,
+    every_rm: bool = False,
+) -> Run:
+    """`arms[i]`: the one RM item i was scored with; `every_rm`: scored with all (ensembles)."""
+    idx = np.arange(len(t.tasks))
+    arms = list(arms) if arms is not None else [None] * len(idx)
+    if every_rm:
+        calls = len(idx) * len(t.rms)
+        secs = sum(float(np.sum(t.score_seconds.get(r, 0.0))) for r in t.rms)
+    else:
+        calls = sum(1 for a in arms if a is not None)
+        secs = sum(
+            float(t.score_seconds[a][i])
+            for i, a in enumerate(arms)
+            if a is not None and a in t.score_seconds
+        )
+    assert t.exact is not None
+    return Run(
+        strategy=name,
+        picks=picks.astype(np.int64),
+        quality=t.quality[idx, picks],
+        exact=t.exact[idx, picks],
+        order=idx if order is None else order,
+        arms=arms,
+        rm_calls=calls,
+        rm_seconds=secs,
+        overhead_seconds=overhead,
+    )
+
+
+def normalised(scores: FloatArray) -> FloatArray:
+    """Per-row min-max to [0, 1]; a row of equal scores becomes 0.5 (it ranks nothing).
+
+    >>> normalised(np.array([[1.0, 3.0, 2.0], [4.0, 4.0, 4.0]])).tolist()
+    [[0.0, 1.0, 0.5], [0.5, 0.5, 0.5]]
+    """
+    lo = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - lo
+    safe = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (scores - lo) / safe, 0.5)
+
+
+def run_fixed(t: Table, rm: str, order: IntArray | None = None) -> Run:
+    picks = np.argmax(t.scores[rm], axis=1)
+    return _result(f"rm:{rm}", t, picks, order, [rm] * len(t.tasks))
+
+
+def ensemble_mean_scores(t: Table, rms: Sequence[str] | None = None) -> FloatArray:
+    rms = list(rms or t.rms)
+    return np.mean([normalised(t.scores[r]) for r in rms], axis=0)
+
+
+def run_ensemble_mean(t: Table, order: IntArray | None = None) -> Run:
+    picks = np.argmax(ensemble_mean_scores(t), axis=1)
+    return _result("ensemble_mean", t, picks, order, every_rm=True)
+
+
+def run_ensemble_vote(t: Table, order: IntArray | None = None) -> Run:
+    """Each RM votes for its top candidate; most votes wins, ties by the mean ensemble."""
+    votes = np.zeros_like(t.quality)
+    for r in t.rms:
+        votes[np.arange(len(t.tasks)), np.argmax(t.scores[r], axis=1)] += 1
+    # Votes dominate; the mean ensemble (in [0, 1]) only breaks ties between them.
+    picks = np.argmax(votes + 0.5 * ensemble_mean_scores(t), axis=1)
+    return _result("ensemble_vote", t, picks, order, every_rm=True)
+
+
+def run_first(t: Table, order: IntArray | None = None) -> Run:
+    return _result("first_sample", t, np.zeros(len(t.tasks), dtype=np.int64), order)
+
+
+def run_oracle(t: Table, order: IntArray | None = None) -> Run:
+    return _result("oracle", t, np.argmax(t.quality, axis=1), order)
+
+
+def run_greedy(t: Table, order: IntArray | None = None) -> Run | None:
+    if t.greedy_quality is None:
+        return None
+    idx = np.arange(len(t.tasks))
+    exact = t.greedy_exact if t.greedy_exact is not None else t.greedy_quality
+    return Run(
+        strategy="greedy",
+        picks=np.full(len(idx), -1, dtype=np.int64),
+        quality=t.greedy_quality.astype(np.float64),
+        exact=exact.astype(np.float64),
+        order=idx if order is None else order,
+        arms=[None] * len(idx),
+        rm_calls=0,
+        rm_seconds=0.0,
+    )
+
+
+def run_oracle_rm_task(t: Table, order: IntArray | None = None) -> Run:
+    """Per task, the single RM with the best mean quality on that task (hindsight)."""
+    tasks = np.array(t.tasks)
+    arms: list[str | None] = [None] * len(tasks)
+    picks = np.zeros(len(tasks), dtype=np.int64)
+    for task in dict.fromkeys(t.tasks):
+        rows = np.flatnonzero(tasks == task)
+        best = max(t.rms, key=lambda r: run_fixed(t, r).quality[rows].mean())
+        picks[rows] = np.argmax(t.scores[best][rows], axis=1)
+        for i in rows:
+            arms[i] = best
+    return _result("oracle_rm_task", t, picks, order, arms)
+
+
+def run_oracle_rm_query(t: Table, order: IntArray | None = None) -> Run:
+    """Per item, the RM whose pick is best (hindsight): the ceiling of RM selection."""
+    fixed = {r: run_fixed(t, r) for r in t.rms}
+    arms: list[str | None] = []
+    picks = np.zeros(len(t.tasks), dtype=np.int64)
+    for i in range(len(t.tasks)):
+        best = max(t.rms, key=lambda r: fixed[r].quality[i])  # first RM on ties
+        arms.append(best)
+        picks[i] = fixed[best].picks[i]
+    return _result("oracle_rm_query", t, picks, order, arms)
+
+
+def run_random_rm(t: Table, order: IntArray, seed: int) -> Run:
+    rng = np.random.default_rng(seed)
+    arms: list[str | None] = [None] * len(t.tasks)
+    picks = np.zeros(len(t.tasks), dtype=np.int64)
+    for i in order:
+        arm = t.rms[int(rng.integers(len(t.rms)))]
+        arms[i] = arm
+        picks[i] = int(np.argmax(t.scores[arm][i]))
+    return _result("random_rm", t, picks, order, arms)
+
+
+@dataclass(frozen=True)
+class LaserSettings:
+    alpha: float = 0.5
+    ridge: float = 1.0
+    epsilon: float = 0.05
+    context: str = "features"
+    """`features` (the featurizer's vector, as in serving) or `bias` (a constant 1: a
+    context-free UCB, the ablation)."""
+
+
+def run_laser(
+    t: Table,
+    order: IntArray,
+    seed: int,
+    settings: LaserSettings = LaserSettings(),
+    rms: Sequence[str] | None = None,
+    add_midway: tuple[str, int] | None = None,
+    name: str = "laser",
+) -> Run:
+    """LinUCB over the items in `order`: select an RM, pick its argmax, feed back its quality.
+
+    `add_midway=(rm, step)`: `rm` is absent at first and added as a new arm (from the prior)
+    before stream step `step`, as an RM added to a running server would be.
+    """
+    arms = list(rms or t.rms)
+    late = None
+    if add_midway is not None:
+        late, at = add_midway
+        arms = [a for a in arms if a != late]
+    ctx = t.contexts if settings.context == "features" else np.ones((len(t.tasks), 1))
+    bandit = LinUCB(
+        LinUCBConfig(
+            dim=ctx.shape[1],
+            alpha=settings.alpha,
+            ridge=settings.ridge,
+            epsilon=settings.epsilon,
+            seed=seed,
+        ),
+        arms,
+    )
+    chosen: list[str | None] = [None] * len(t.tasks)
+    picks = np.zeros(len(t.tasks), dtype=np.int64)
+    spent = 0.0
+    for step, i in enumerate(order):
+        if late is not None and step == at:
+            bandit.add_arm(late)
+        start = time.perf_counter()
+        arm = bandit.select(ctx[i]).arm
+        pick = int(np.argmax(t.scores[arm][i]))
+        bandit.update(arm, ctx[i], float(t.quality[i, pick]))
+        spent += time.perf_counter() - start
+        chosen[i], picks[i] = arm, pick
+    return _result(name, t, picks, order, chosen, overhead=spent)
+
+
+def orderings(n_items: int, count: int, seed: int) -> list[IntArray]:
+    """`count` seeded random permutations of the items (the streams LASeR learns over)."""
+    return [np.random.default_rng([seed, k]).permutation(n_items) for k in range(count)]
+
+
+def run_all(
+    t: Table, orders: Sequence[IntArray], seed: int, laser: LaserSettings = LaserSettings()
+) -> dict[str, list[Run]]:
+    """Every strategy over every ordering (order-free strategies are computed once per ordering
+    too, so every row has the same number of runs; their spread is 0)."""
+    out: dict[str, list[Run]] = {}
+    for k, order in enumerate(orders):
+        runs = [
+            run_laser(t, order, seed=seed * 1000 + k, settings=laser),
+            run_random_rm(t, order, seed=seed * 1000 + k + 500),
+            *(run_fixed(t, r, order) for r in t.rms),
+            run_ensemble_mean(t, order),
+            run_ensemble_vote(t, order),
+            run_first(t, order),
+            run_greedy(t, order),
+            run_oracle_rm_task(t, order),
+            run_oracle_rm_query(t, order),
+            run_oracle(t, order),
+        ]
+        for run in runs:
+            if run is not None:
+                out.setdefault(run.strategy, []).append(run)
+    return out
