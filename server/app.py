@@ -43,6 +43,9 @@ from laser.server.protocol import (
 )
 from laser.server.rewards import build_reward_model
 from laser.server.store import Store
+from laser.server.training.api import restore_policy
+from laser.server.training.api import router as training_router
+from laser.server.training.jobs import JobManager
 
 log = logging.getLogger("laser.server")
 
@@ -135,6 +138,9 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.state.reranker = reranker
         app.state.metrics = metrics
         app.state.admission = Admission.from_settings(settings, metrics)
+        app.state.jobs = JobManager(settings.data_dir, settings.model_cache)
+        app.state.jobs.recover()  # jobs of an earlier server process: resumed or failed
+        restore_policy(app.state)
         log.info(
             "ready: model %s, reward models %s, bandit d=%d alpha=%s, store %s",
             svc.engine.model_name,
@@ -151,6 +157,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             except Exception as exc:
                 log.warning("final snapshot failed: %s", exc)
             store.close()
+            app.state.jobs.close()
             if own:
                 svc.shutdown()
 
@@ -261,6 +268,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     user = [Depends(require_user)]
     admin = [Depends(require_admin)]
     app.include_router(openai_router, dependencies=user)
+    app.include_router(training_router, dependencies=admin)
 
     @app.get("/admin/reward-models", dependencies=admin)
     async def admin_rms(request: Request) -> dict[str, Any]:

@@ -173,14 +173,25 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> dic
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
     reranker: Reranker = request.app.state.reranker
-    return {
-        "object": "list",
-        "data": [
+    adapter = reranker.adapter
+    data: list[dict[str, Any]] = [
+        {
+            "id": reranker.engine.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "laser-server",
+            "laser": {"live": adapter is None},
+        }
+    ]
+    if adapter is not None:  # a trained LoRA adapter is serving (POST /v1/policy)
+        data.append(
             {
-                "id": reranker.engine.model_name,
+                "id": adapter.name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "laser-server",
+                "parent": reranker.engine.model_name,
+                "laser": {"live": True, "adapter_path": adapter.path},
             }
-        ],
-    }
+        )
+    return {"object": "list", "data": data}

@@ -22,7 +22,7 @@ from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes
 from laser.server import answers
 from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import RewardModelSpec, Settings
-from laser.server.engine import Engine, EngineError, Sampling
+from laser.server.engine import Adapter, Engine, EngineError, Sampling
 from laser.server.errors import (
     BadRequestError,
     ConflictError,
@@ -99,6 +99,8 @@ class Reranker:
         # lasts (cleared by the next success).
         self.engine_fault: str | None = None
         self.store_fault: str | None = None
+        # The LoRA adapter serving uses (POST /v1/policy); None = the base model.
+        self.adapter: Adapter | None = None
         b = settings.bandit
         self.bandit_config = LinUCBConfig(
             dim=featurizer.dim, alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, seed=b.seed
@@ -317,7 +319,7 @@ class Reranker:
             t = time.perf_counter()
             sampling = Sampling(n, max_tokens, req.temperature, req.top_p, req.stop)  # type: ignore[arg-type]
             try:
-                g = await self.engine.generate(prep.prompt, sampling)
+                g = await self.engine.generate(prep.prompt, sampling, self.adapter)
             except EngineError as exc:
                 self.metrics.engine_errors.inc()
                 self.engine_fault = f"{exc}"[:300]

@@ -53,6 +53,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--demo", type=int, metavar="N", help="train on N generated arithmetic items")
     p.add_argument("--demo-eval", type=int, default=40, metavar="M", help="held-out demo items")
     p.add_argument("--data-dir", default="laser-data", help="model cache lives in <dir>/cache")
+    p.add_argument("--cache-dir", help="model cache (default <data-dir>/cache)")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the server for its jobs
     p.add_argument("--initial-bandit", help="LinUCB state (.npz) to start from (server-seeded)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
                 cfg,
                 resume=args.resume,
                 progress=not args.no_progress,
-                cache_dir=Path(args.data_dir) / "cache",
+                cache_dir=Path(args.cache_dir or Path(args.data_dir) / "cache"),
                 should_stop=lambda: stop["flag"],
                 initial_bandit=Path(args.initial_bandit) if args.initial_bandit else None,
             )

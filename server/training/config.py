@@ -46,6 +46,7 @@ class TrainConfig(BaseModel):
     )
     alpha: float = Field(0.5, ge=0, description="LinUCB exploration width")
     feature_dim: int = Field(64, ge=1, description="MiniLM context projected to this size")
+    feature_seed: int = Field(0, description="projection seed (the server's featurizer.seed)")
     n: int = Field(8, ge=2, description="responses sampled per prompt (paper: 30)")
     pairs_per_prompt: int = Field(3, ge=1, description="top-1 vs ranks 2..k+1 (paper: 10)")
     iterations: int = Field(2, ge=1, description="passes over the prompts")

@@ -225,7 +225,7 @@ class Trainer:
                 max_lora_rank=max(cfg.lora_r, 8),
             )
         self.encoder = SentenceEncoder(assets.minilm_path())
-        self.featurizer = Featurizer(self.encoder, cfg.feature_dim, cfg.seed)
+        self.featurizer = Featurizer(self.encoder, cfg.feature_dim, cfg.feature_seed)
         self.rms = {
             spec.name: build_reward_model(spec, engine=self.engine, encoder=self.encoder)
             for spec in cfg.reward_models

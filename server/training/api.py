@@ -1,0 +1,236 @@
+"""Admin routes for training jobs and the served policy.
+
+- `POST /v1/training/jobs`: a TrainConfig (JSON) plus optional inline `items` and
+  `seed_from_server`; 201 with the job, 409 while another job runs.
+- `GET /v1/training/jobs`, `GET /v1/training/jobs/{id}`: state, iteration, step, last loss,
+  RM counts, log tail. `DELETE /v1/training/jobs/{id}`: cancel.
+- `GET /v1/policy`, `POST /v1/policy` `{"job_id"} | {"path"} | {"base": true}`: switch serving
+  to a trained LoRA adapter (or back) without a restart; the choice survives restarts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from laser.server.engine import Adapter, EngineError, Sampling
+from laser.server.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from laser.server.paths import PathNotAllowedError, PathOptionError, confine, confine_options
+from laser.server.training.config import TrainConfig
+from laser.server.training.jobs import JobConflictError, JobManager, UnknownJobError
+
+log = logging.getLogger("laser.server.training")
+router = APIRouter(prefix="/v1")
+_adapter_ids = itertools.count(1)
+
+
+class TrainingJobRequest(TrainConfig):
+    """A TrainConfig, plus where its prompts come from when not from a file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] | None = Field(
+        None, max_length=100_000, description="prompts inline (the JSONL fields)"
+    )
+    seed_from_server: bool = Field(
+        False,
+        description="train on the prompts this server has answered, starting from its bandit",
+    )
+
+
+class PolicyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str | None = Field(None, max_length=64)
+    path: str | None = Field(None, max_length=4096)
+    base: bool = False
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def _jobs(request: Request) -> JobManager:
+    jobs: JobManager = request.app.state.jobs
+    return jobs
+
+
+def _confined(value: str, param: str, roots: list[Path]) -> str:
+    try:
+        return str(confine(value, roots))
+    except PathNotAllowedError as exc:
+        raise ForbiddenError(str(exc), param=param, code="path_not_allowed") from None
+    except (ValueError, OSError) as exc:
+        raise BadRequestError(f"{param} is not a usable path: {exc}", param=param) from None
+
+
+def _seed_items(request: Request, limit: int = 10_000) -> tuple[list[Any], Any]:
+    """The distinct prompts this server answered (newest first) and a copy of its bandit."""
+    from laser.bandit import LinUCB, from_bytes, to_bytes
+    from laser.server.data import PromptItem
+
+    reranker = request.app.state.reranker
+    store = reranker.store
+    rows = store.run_sync(
+        lambda: store.conn.execute(
+            "SELECT prompt, MAX(task) FROM decisions GROUP BY prompt "
+            "ORDER BY MAX(created) DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+    )
+    items = [PromptItem(prompt=p, task=t) for p, t in rows]
+    bandit = LinUCB(reranker.bandit.config)
+    bandit.load_state_dict(from_bytes(to_bytes(reranker.bandit)))
+    return items, bandit
+
+
+@router.post("/training/jobs", status_code=201)
+async def submit_job(body: TrainingJobRequest, request: Request) -> dict[str, Any]:
+    from laser.server.data import DataError, parse_item
+
+    settings = request.app.state.settings
+    roots = settings.api_path_roots
+    fields = body.model_dump(exclude={"items", "seed_from_server"})
+    for key in ("prompts", "eval_prompts", "model"):
+        if fields[key]:
+            fields[key] = _confined(fields[key], key, roots)
+    for i, rm in enumerate(fields["reward_models"]):
+        try:
+            rm["options"] = confine_options(rm["kind"], rm["options"], roots)
+        except PathOptionError as exc:
+            err = BadRequestError if exc.allowed else ForbiddenError
+            raise err(str(exc), param=f"reward_models.{i}.options.{exc.option}") from None
+    # Contexts must match the server's, so a bandit seeded from it means the same thing.
+    fields["feature_dim"] = settings.featurizer.dim
+    fields["feature_seed"] = settings.featurizer.seed
+    items, bandit = None, None
+    if body.seed_from_server:
+        if body.items is not None or body.prompts:
+            raise BadRequestError("seed_from_server takes no items or prompts", param="items")
+        items, bandit = _seed_items(request)
+        if not items:
+            raise BadRequestError("this server has answered no prompts yet", param="items")
+        if body.selector != "laser":
+            bandit = None
+    elif body.items is not None:
+        try:
+            items = [parse_item(obj, f"items[{i}]") for i, obj in enumerate(body.items)]
+        except DataError as exc:
+            raise BadRequestError(str(exc), param="items") from None
+        if not items:
+            raise BadRequestError("items is empty", param="items")
+    elif not body.prompts:
+        raise BadRequestError("give prompts (a file), items, or seed_from_server", param="prompts")
+    fields["output_dir"] = "unused"  # the job manager puts it under the data dir
+    cfg = TrainConfig.model_validate(fields)
+    try:
+        return _jobs(request).submit(cfg, items=items, initial_bandit=bandit)
+    except JobConflictError as exc:
+        raise ConflictError(str(exc), code="job_running") from None
+
+
+@router.get("/training/jobs")
+async def list_jobs(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": _jobs(request).list()}
+
+
+@router.get("/training/jobs/{job_id}")
+async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+    try:
+        return _jobs(request).get(job_id)
+    except UnknownJobError:
+        raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
+
+
+@router.delete("/training/jobs/{job_id}")
+async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+    try:
+        return _jobs(request).cancel(job_id)
+    except UnknownJobError:
+        raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
+
+
+def policy_view(request: Request) -> dict[str, Any]:
+    reranker = request.app.state.reranker
+    adapter: Adapter | None = reranker.adapter
+    return {
+        "model": reranker.engine.model_name,
+        "adapter": None if adapter is None else {"name": adapter.name, "path": adapter.path},
+        "supports_adapters": bool(getattr(reranker.engine, "supports_adapters", False)),
+    }
+
+
+def _policy_file(request: Request) -> Path:
+    return Path(request.app.state.settings.data_dir) / "policy.json"
+
+
+@router.get("/policy")
+async def get_policy(request: Request) -> dict[str, Any]:
+    return policy_view(request)
+
+
+@router.post("/policy")
+async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
+    reranker = request.app.state.reranker
+    if sum([body.job_id is not None, body.path is not None, body.base]) != 1:
+        raise BadRequestError("give exactly one of job_id, path or base=true", param="job_id")
+    if body.base:
+        reranker.adapter = None
+        _policy_file(request).unlink(missing_ok=True)
+        log.info("serving the base model")
+        return policy_view(request)
+    if not getattr(reranker.engine, "supports_adapters", False):
+        raise ConflictError(
+            "this engine was started without LoRA support; set engine.enable_lora = true",
+            code="adapters_not_supported",
+        )
+    if body.job_id is not None:
+        try:
+            path = _jobs(request).adapter_path(body.job_id) or ""
+        except (UnknownJobError, FileNotFoundError) as exc:
+            raise NotFoundError(
+                f"no adapter for job {body.job_id!r}: {exc}", param="job_id"
+            ) from None
+        name = body.name or body.job_id
+    else:
+        assert body.path is not None
+        path = _confined(body.path, "path", request.app.state.settings.api_path_roots)
+        name = body.name or Path(path).name
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise BadRequestError(f"{path} holds no LoRA adapter (adapter_config.json)", param="path")
+    adapter = Adapter(name, path, next(_adapter_ids))
+    engine = reranker.engine
+    try:  # load it now: a wrong adapter is the caller's error here, not a later 503
+        await engine.generate(
+            engine.render_chat([{"role": "user", "content": "Hi"}]),
+            Sampling(n=1, max_tokens=1, temperature=0.0),
+            adapter,
+        )
+    except EngineError as exc:
+        raise BadRequestError(
+            f"the adapter does not load into {engine.model_name}: {exc}", param="path"
+        ) from None
+    reranker.adapter = adapter
+    _policy_file(request).write_text(json.dumps({"name": name, "path": path}), encoding="utf-8")
+    log.info("serving adapter %s (%s)", name, path)
+    return policy_view(request)
+
+
+def restore_policy(state: Any) -> None:
+    """At start-up: serve the adapter chosen before the restart, if it is still there."""
+    path = Path(state.settings.data_dir) / "policy.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not getattr(state.reranker.engine, "supports_adapters", False):
+            raise ValueError("engine has no LoRA support")
+        if not (Path(saved["path"]) / "adapter_config.json").is_file():
+            raise FileNotFoundError(saved["path"])
+        state.reranker.adapter = Adapter(saved["name"], saved["path"], next(_adapter_ids))
+        log.info("serving adapter %s again (chosen before the restart)", saved["name"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("saved policy not restored (%s): serving the base model", exc)
