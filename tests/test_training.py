@@ -268,3 +268,61 @@ def test_failed_checkpoint_write_keeps_the_last_one(tmp_path: Path) -> None:
     assert latest is not None and latest.name == "iter-1"
     assert load_checkpoint(latest)["state"]["step"] == 2
     assert not list(root.glob("*.tmp"))
+
+
+def test_two_processes_under_accelerate_launch(tiny_model: Path, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo DDP): the prompts of each batch are
+    split between them and every step is logged once, with every pair."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    cmd = [
+        str(bin_dir / "accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(bin_dir / "laser-server"),
+        "train",
+        "--demo",
+        "8",
+        "--demo-eval",
+        "4",
+        "--engine",
+        "hf",
+        "--model",
+        str(tiny_model),
+        "--iterations",
+        "1",
+        "--batch-size",
+        "4",
+        "--n",
+        "4",
+        "--pairs-per-prompt",
+        "2",
+        "--max-tokens",
+        "8",
+        "--lr",
+        "1e-3",
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--cache-dir",
+        str(MODEL_CACHE),
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [json.loads(x) for x in (tmp_path / "ddp" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(s["prompts"] == 4 for s in steps)
+    pairs = (tmp_path / "ddp" / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs) == sum(s["pairs"] for s in steps) > 0
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["steps"] == 2

@@ -18,6 +18,7 @@ and a checkpoint is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -389,46 +390,77 @@ class Trainer:
             p.data, self.reference[name] = self.reference[name], p.data
 
     def _dpo_step(self, pairs: list[Pair]) -> tuple[dict[str, float], Any]:
-        """One optimiser step over all pairs (gradient accumulated over chunks: exact)."""
+        """One optimiser step over all pairs, exact: gradients accumulate over chunks.
+
+        Under `accelerate launch` with several processes every process holds every pair and
+        trains on its share (`pairs[rank::world]`); DDP averages the gradients once, at the
+        last chunk, which every process reaches the same number of times.
+        """
         torch = self.torch
         from laser.server.training.dpo import dpo_loss, response_logps
 
         cfg, chunk = self.cfg, 8
-        ref_c, ref_r = self._logps(pairs, chunk)
+        world, rank = self.acc.num_processes, self.acc.process_index
+        mine = pairs[rank::world]
+        ref_c, ref_r = self._logps(mine, chunk) if mine else (torch.zeros(0), torch.zeros(0))
+        # Every process runs as many chunks as the busiest one (empty ones do a zero step).
+        n_chunks = max(1, math.ceil(math.ceil(len(pairs) / world) / chunk))
+        # The step's loss is the mean over ALL pairs; DDP divides by `world` again.
+        scale = world / len(pairs)
         pcs, prs, nlls = [], [], []
         self.model.train()
         self.optimizer.zero_grad()
-        for i in range(0, len(pairs), chunk):
-            part = pairs[i : i + chunk]
-            prompts = [self.prompt_ids[p.item] for p in part] * 2
-            resp = [p.chosen_ids for p in part] + [p.rejected_ids for p in part]
-            lp, nll = response_logps(
-                self.model, prompts, resp, self.tok.pad_token_id, cfg.max_model_len
-            )
-            k = len(part)
-            out = dpo_loss(
-                lp[:k],
-                lp[k:],
-                ref_c[i : i + k],
-                ref_r[i : i + k],
-                beta=cfg.beta,
-                chosen_nll=nll[:k],
-                nll_weight=cfg.nll_weight,
-            )
-            # The step's loss is the mean over ALL pairs: weight each chunk by its share.
-            self.acc.backward(out.loss * (k / len(pairs)))
+        for c in range(n_chunks):
+            part = mine[c * chunk : (c + 1) * chunk]
+            last = c == n_chunks - 1
+            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+            with sync:
+                if not part:  # keeps DDP's collective calls in step across processes
+                    dummy = self.model(input_ids=torch.tensor([[self.tok.pad_token_id] * 2]))
+                    self.acc.backward(dummy.logits.sum() * 0.0)
+                    continue
+                prompts = [self.prompt_ids[p.item] for p in part] * 2
+                resp = [p.chosen_ids for p in part] + [p.rejected_ids for p in part]
+                lp, nll = response_logps(
+                    self.model, prompts, resp, self.tok.pad_token_id, cfg.max_model_len
+                )
+                k, i = len(part), c * chunk
+                out = dpo_loss(
+                    lp[:k],
+                    lp[k:],
+                    ref_c[i : i + k],
+                    ref_r[i : i + k],
+                    beta=cfg.beta,
+                    chosen_nll=nll[:k],
+                    nll_weight=cfg.nll_weight,
+                )
+                self.acc.backward(out.loss * (k * scale))
             pcs.append(lp[:k].detach())
             prs.append(lp[k:].detach())
             nlls.append(nll[:k].detach())
         self.optimizer.step()
         self.optimizer.zero_grad()
+        values = torch.stack(
+            [torch.cat(pcs), torch.cat(prs), ref_c, ref_r, torch.cat(nlls)]
+            if pcs
+            else [torch.zeros(0)] * 5
+        )
+        if world > 1:  # every process reports on every pair, in the original order
+            from accelerate.utils import gather_object
+
+            shards = gather_object([values.T.tolist()])
+            merged: list[list[float]] = [[] for _ in pairs]
+            for r, shard in enumerate(shards):
+                for j, row in enumerate(shard):
+                    merged[r + j * world] = row
+            values = torch.tensor(merged).T
         full = dpo_loss(
-            torch.cat(pcs),
-            torch.cat(prs),
-            ref_c,
-            ref_r,
+            values[0],
+            values[1],
+            values[2],
+            values[3],
             beta=cfg.beta,
-            chosen_nll=torch.cat(nlls),
+            chosen_nll=values[4],
             nll_weight=cfg.nll_weight,
         )
         return full.metrics, full.per_pair
@@ -447,13 +479,17 @@ class Trainer:
         cfg, t0 = self.cfg, time.perf_counter()
         arms, x = self._choose(batch)
         sampling = Sampling(cfg.n, cfg.max_tokens, cfg.temperature)
-        gens = await self.engine.generate_batch(
-            [self.prompts[i] for i in batch], sampling, self._current_adapter()
-        )
-        t_gen = time.perf_counter() - t0
-        scores = await self._scores(arms, batch, gens)
+        t_ad = time.perf_counter()
+        adapter = self._current_adapter()
+        t_adapter = time.perf_counter() - t_ad  # saving the new adapter for vLLM
+        # Several processes (accelerate launch): each samples and scores its share of prompts.
+        world, rank = self.acc.num_processes, self.acc.process_index
+        mine, my_arms = batch[rank::world], arms[rank::world]
+        gens = await self.engine.generate_batch([self.prompts[i] for i in mine], sampling, adapter)
+        t_gen = time.perf_counter() - t_ad - t_adapter
+        scores = await self._scores(my_arms, mine, gens)
         pairs: list[Pair] = []
-        for i, gen, sc in zip(batch, gens, scores, strict=True):
+        for i, gen, sc in zip(mine, gens, scores, strict=True):
             texts = [c.text for c in gen.completions]
             for c, r in build_pairs(sc, texts, cfg.pairs_per_prompt):
                 pairs.append(
@@ -465,6 +501,10 @@ class Trainer:
                         self._response_ids(texts[r], gen.completions[r].finish_reason),
                     )
                 )
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            pairs = [Pair(**p) for p in gather_object([vars(p) for p in pairs])]
         record: dict[str, Any] = {
             "step": self.state.step + 1,
             "iteration": iteration + 1,
@@ -483,7 +523,7 @@ class Trainer:
             record.update({"loss": None, "bandit_reward": None})
             log.warning("step %d: no preference pairs (all candidates tied)", record["step"])
         with (self.out / "pairs.jsonl").open("a", encoding="utf-8") as f:
-            for p in pairs:
+            for p in pairs if self.acc.is_main_process else []:
                 f.write(
                     json.dumps(
                         {
@@ -499,6 +539,7 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         record.update(
             {
+                "adapter_save_s": round(t_adapter, 3),
                 "generate_s": round(t_gen, 3),
                 "step_s": round(elapsed, 3),
                 "pairs_per_s": round(len(pairs) / elapsed, 3),
@@ -556,6 +597,8 @@ class Trainer:
         }
 
     def _status(self, state: str, last: dict[str, Any] | None, total: int, **extra: Any) -> None:
+        if not self.acc.is_main_process:  # one writer per run
+            return
         write_atomic_text(
             self.out / "status.json",
             json.dumps(
@@ -585,7 +628,7 @@ class Trainer:
         self._last_reward = None
         if self.state.eval_before is None and self.held_out:
             log.info("evaluating the starting policy on %d held-out items", len(self.held_out))
-            self.state.eval_before = await self.evaluate()
+            self.state.eval_before = await self.evaluate() if self.acc.is_main_process else None
         bar = tqdm(
             total=total,
             initial=self.state.step,
@@ -607,8 +650,9 @@ class Trainer:
                 for arm, count in last["rms"].items():
                     self.state.rm_counts[arm] = self.state.rm_counts.get(arm, 0) + count
                 last["elapsed_s"] = round(time.perf_counter() - t_start, 3)
-                with (self.out / "steps.jsonl").open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(last) + "\n")
+                if self.acc.is_main_process:
+                    with (self.out / "steps.jsonl").open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(last) + "\n")
                 loss = last.get("loss")
                 bar.set_postfix(
                     loss="-" if loss is None else f"{loss:.4f}",
@@ -621,8 +665,12 @@ class Trainer:
             self.reference = {n: p.detach().clone() for n, p in self.params.items()}
             self.state.iteration = iteration + 1
             self.state.elapsed_s = time.perf_counter() - t_start
-            self._checkpoint()
+            if self.acc.is_main_process:
+                self._checkpoint()
+            self.acc.wait_for_everyone()
         bar.close()
+        if not self.acc.is_main_process:
+            return {}
         summary = await self._summary(total, time.perf_counter() - t_start)
         self._status("succeeded", last, total)
         return summary
