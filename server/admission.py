@@ -16,14 +16,19 @@ normally again as soon as the load drops.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from laser.server.errors import BadRequestError, ServiceUnavailableError, TooManyRequestsError
+from laser.server.errors import (
+    BadRequestError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    error_body,
+)
 
 if TYPE_CHECKING:
     from laser.server.config import Settings
@@ -156,17 +161,11 @@ def check_input_size(req: GenerateRequest, settings: Settings) -> None:
         )
 
 
-class BodyTooLargeError(StarletteHTTPException):
-    """A streamed (chunked) body grew past `max_body_bytes`: 413, reading stops there."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is over the limit ({limit} bytes)")
-
-
 class BodyLimitMiddleware:
     """Counts the body bytes as they arrive, so a body without a Content-Length (chunked
     transfer) cannot grow past `max_body_bytes` either; the app's own check refuses an
-    announced Content-Length before reading anything.
+    announced Content-Length before reading anything. Past the limit it answers 413 itself
+    and tells the app the client is gone (so nothing more is read or answered).
 
         app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     """
@@ -178,15 +177,36 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seen = 0
+        seen, refused = 0, False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Message) -> None:
+            if not refused:  # our 413 went out; the app's reply to the "disconnect" is dropped
+                await send(message)
+
+        await self.app(scope, limited, guarded)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(
+                f"request body is over the limit ({self.max_bytes} bytes)",
+                "invalid_request_error",
+                code="body_too_large",
+            )
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
