@@ -335,45 +335,70 @@ async def collect(
             ]
         stats["greedy_seconds"] = time.perf_counter() - t0
 
-    # Scoring: one RM and one item at a time, so each call's time is its own (the cost
-    # report uses it), not inflated by other calls sharing the CPU.
+    # Scoring: one RM at a time over chunks of items scored concurrently (vLLM batches the
+    # likelihood requests). A chunk's wall time is shared out over its items in proportion
+    # to each call's latency: the cost report then charges each item what it cost at this
+    # throughput, not a latency inflated by its neighbours.
     n_items = len(items)
     scores = {name: np.zeros((n_items, config.n)) for name in reward_models}
     seconds = {name: np.zeros(n_items) for name in reward_models}
+    stats["rm_wall_seconds"] = {name: 0.0 for name in reward_models}
+
+    def score_key(name: str, it: EvalItem, gkey: str) -> str:
+        q = it.query
+        return Cache.digest(
+            {
+                "rm": rm_ids[name],
+                "encoder": settings.featurizer.model or "embedded",
+                "generation": gkey,
+                "question": q.question,
+                "documents": q.documents,
+                "task": q.task,
+            }
+        )
+
+    async def score_one(name: str, i: int) -> tuple[list[float], float]:
+        it, (g, _) = items[i], gens[i]
+        texts = [c.text for c in g.completions]
+        async with sem:
+            t = time.perf_counter()
+            try:
+                vals = await reward_models[name].score(it.query, texts)
+            except Exception as exc:
+                raise EvalError(
+                    f"RM {name!r} failed on item {it.item.id!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            latency = time.perf_counter() - t
+        if len(vals) != len(texts) or not all(math.isfinite(v) for v in vals):
+            raise EvalError(f"RM {name!r} returned bad scores on item {it.item.id!r}")
+        bar.update(1)
+        return [float(v) for v in vals], latency
+
+    chunk = 4 * config.concurrency
     t0 = time.perf_counter()
     with _progress(n_items * len(reward_models), "scoring", config.progress) as bar:
-        for i, (it, (g, gkey)) in enumerate(zip(items, gens, strict=True)):
-            texts = [c.text for c in g.completions]
-            q = it.query
-            for name, rm in reward_models.items():
-                key = Cache.digest(
-                    {
-                        "rm": rm_ids[name],
-                        "encoder": settings.featurizer.model or "embedded",
-                        "generation": gkey,
-                        "question": q.question,
-                        "documents": q.documents,
-                        "task": q.task,
-                    }
-                )
+        for name in reward_models:
+            keys = [score_key(name, it, gkey) for it, (_, gkey) in zip(items, gens, strict=True)]
+            todo = []
+            for i, key in enumerate(keys):
                 hit = cache.get("score", key)
                 if hit is None:
-                    t = time.perf_counter()
-                    try:
-                        vals = await rm.score(q, texts)
-                    except Exception as exc:
-                        raise EvalError(
-                            f"RM {name!r} failed on item {it.item.id!r}: {type(exc).__name__}: "
-                            f"{exc}"
-                        ) from exc
-                    if len(vals) != len(texts) or not all(math.isfinite(v) for v in vals):
-                        raise EvalError(f"RM {name!r} returned bad scores on {it.item.id!r}")
-                    hit = {"scores": [float(v) for v in vals], "seconds": time.perf_counter() - t}
-                    stats["rm_score_calls"] += 1
-                    cache.put("score", key, hit)
-                scores[name][i] = hit["scores"]
-                seconds[name][i] = hit["seconds"]
+                    todo.append(i)
+                    continue
+                scores[name][i], seconds[name][i] = hit["scores"], hit["seconds"]
                 bar.update(1)
+            for c in range(0, len(todo), chunk):
+                part = todo[c : c + chunk]
+                t = time.perf_counter()
+                results = await asyncio.gather(*(score_one(name, i) for i in part))
+                wall = time.perf_counter() - t
+                stats["rm_wall_seconds"][name] += wall
+                total_latency = sum(lat for _, lat in results) or 1.0
+                for i, (vals, lat) in zip(part, results, strict=True):
+                    cost = wall * lat / total_latency
+                    scores[name][i], seconds[name][i] = vals, cost
+                    cache.put("score", keys[i], {"scores": vals, "seconds": cost})
+                stats["rm_score_calls"] += len(part)
     stats["score_seconds"] = time.perf_counter() - t0
 
     noise = None
