@@ -316,7 +316,7 @@ def plot_all(report: dict[str, Any], runs: dict[str, list[Run]], out: Path) -> l
     # Accuracy per task per strategy, with the spread over orderings.
     names = [n for n in ordered(list(summary)) if n not in ("oracle_rm_task", "oracle_rm_query")]
     groups = [*tasks, "mean"]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(groups) + 2), 4.2), dpi=90)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(groups) + 1), 5.0), dpi=90)
     width = 0.8 / len(names)
     cmap = plt.get_cmap("tab20")
     for k, n in enumerate(names):
@@ -329,7 +329,7 @@ def plot_all(report: dict[str, Any], runs: dict[str, list[Run]], out: Path) -> l
     ax.set_ylabel("accuracy / F1")
     ax.set_ylim(0, 1)
     ax.set_title("Best-of-n with different RM-selection strategies")
-    ax.legend(fontsize=6.5, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png")
     plt.close(fig)
