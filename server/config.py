@@ -52,7 +52,9 @@ class EngineSettings(_Section):
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     enforce_eager: bool = True
     enable_lora: bool = Field(
-        True, description="start vLLM with LoRA support, so trained adapters can be served live"
+        False,
+        description="start vLLM with LoRA support, so trained adapters can be served live "
+        "(POST /v1/policy); on CPU, likelihood RMs then score with a transformers copy",
     )
     max_lora_rank: int = Field(16, ge=1)
 

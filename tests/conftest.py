@@ -95,9 +95,10 @@ def start_server(loop_thread: LoopThread, services: Any) -> Iterator[Callable[..
 
     running: list[LiveServer] = []
 
-    def start(settings: Any) -> LiveServer:
+    def start(settings: Any, svc: Any = None) -> LiveServer:
+        """`svc`: other loaded services (e.g. an engine with LoRA); default the shared one."""
         port = free_port()
-        app = build_app(settings, services)
+        app = build_app(settings, svc or services)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )

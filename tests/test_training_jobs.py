@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from laser.server.data import arithmetic_items
 from laser.server.training.config import TrainConfig
@@ -49,10 +50,26 @@ def _wait(client: httpx.Client, job_id: str, states: set[str], limit_s: float = 
     raise AssertionError(f"job {job_id} did not reach {states}: {job}")
 
 
+@pytest.fixture(scope="module")
+def lora_services(loop_thread: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second engine, started with LoRA support (`engine.enable_lora`, off by default)."""
+    from laser.server.app import load_services
+
+    settings = make_settings(tmp_path_factory.mktemp("lora"), engine={"enable_lora": True})
+
+    async def load() -> Any:
+        return load_services(settings)
+
+    svc = loop_thread.run(load())
+    yield svc
+    svc.shutdown()
+
+
 def test_jobs_train_then_serve_the_adapter(
-    start_server: Callable[..., LiveServer], tmp_path: Path
+    start_server: Callable[..., LiveServer], lora_services: Any, tmp_path: Path
 ) -> None:
-    live = start_server(make_settings(tmp_path / "data", api_key="job-key"))
+    settings = make_settings(tmp_path / "data", api_key="job-key", engine={"enable_lora": True})
+    live = start_server(settings, lora_services)
     with httpx.Client(base_url=live.url, timeout=120) as c:
         assert c.post("/v1/training/jobs", json=_job_body()).status_code == 401
         r = c.post("/v1/training/jobs", json=_job_body(prompts="/etc/passwd"), headers=KEY)
@@ -90,10 +107,17 @@ def test_jobs_train_then_serve_the_adapter(
         assert r.status_code == 200 and r.json()["adapter"] is None
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["SmolLM2-135M-Instruct"]
 
-        # Cancelling: the job stops after its current step.
-        r = c.post("/v1/training/jobs", json=_job_body(iterations=50), headers=KEY)
+        # A job seeded from what this server answered (its prompts and its bandit), then
+        # cancelled: the job stops after its current step.
+        body = {**_job_body(iterations=50), "seed_from_server": True}
+        del body["items"]
+        r = c.post("/v1/training/jobs", json=body, headers=KEY)
         assert r.status_code == 201, r.text
         long_id = r.json()["id"]
+        job_dir = tmp_path / "data" / "training" / long_id
+        seeded = (job_dir / "prompts.jsonl").read_text()
+        assert "What is 3 + 4?" in seeded
+        assert (job_dir / "initial_bandit.npz").stat().st_size > 0
         _wait(c, long_id, {"running"})
         assert c.delete(f"/v1/training/jobs/{long_id}", headers=KEY).json()["state"] in {
             "cancelling",
@@ -149,4 +173,5 @@ def test_unknown_job_and_bad_items(start_server: Callable[..., LiveServer], tmp_
         assert r.status_code == 400 and r.json()["error"]["param"] == "prompts"
         assert c.delete("/v1/training/jobs/job-x").status_code == 404
         r = c.post("/v1/policy", json={"job_id": "job-x"})
-        assert r.status_code == 404
+        assert r.status_code == 409  # the default engine has no LoRA support
+        assert r.json()["error"]["code"] == "adapters_not_supported"

@@ -205,7 +205,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
 
         if cfg.engine == "hf":
-            from laser.server.training.hf_engine import HFEngine
+            from laser.server.hf_engine import HFEngine
 
             self.engine: Any = HFEngine(
                 self.policy,

@@ -98,6 +98,10 @@ class HFEngine:
         return gens
 
     async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        return self.loglikelihoods_sync(prefix, continuations)
+
+    def loglikelihoods_sync(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        """Mean log-probability per token of each continuation after `prefix` (blocking)."""
         torch, tok = self._torch, self.tokenizer
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         out = []
