@@ -269,10 +269,12 @@ async def collect(
         reranker = Reranker(settings, engine, featurizer, reward_models, store)
         items: list[EvalItem] = []
         for task, item in load_items(config):
-            req = GenerateRequest(
-                prompt=item.prompt,
-                documents=item.documents or None,
-                document_policy="truncate",
+            req = GenerateRequest.model_validate(
+                {
+                    "prompt": item.prompt,
+                    "documents": item.documents or None,
+                    "document_policy": "truncate",
+                }
             )
             try:
                 prep = reranker.prepare(req, config.max_tokens)
@@ -387,8 +389,8 @@ async def collect(
                     continue
                 scores[name][i], seconds[name][i] = hit["scores"], hit["seconds"]
                 bar.update(1)
-            for c in range(0, len(todo), chunk):
-                part = todo[c : c + chunk]
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
                 t = time.perf_counter()
                 results = await asyncio.gather(*(score_one(name, i) for i in part))
                 wall = time.perf_counter() - t

@@ -340,9 +340,9 @@ def plot_all(report: dict[str, Any], runs: dict[str, list[Run]], out: Path) -> l
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(usage) + 1.5), dpi=90)
     left = np.zeros(len(usage))
     for k, rm in enumerate(rms):
-        vals = np.array([usage[t][rm] for t in usage])
-        ax.barh(list(usage), vals, left=left, label=rm, color=cmap(2 * k % 20))
-        left += vals
+        shares = np.array([usage[t][rm] for t in usage])
+        ax.barh(list(usage), shares, left=left, label=rm, color=cmap(2 * k % 20))
+        left += shares
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of items")
     ax.set_title("RM chosen by LASeR, per task")

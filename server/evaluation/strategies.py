@@ -149,7 +149,7 @@ def normalised(scores: FloatArray) -> FloatArray:
     lo = scores.min(axis=1, keepdims=True)
     span = scores.max(axis=1, keepdims=True) - lo
     safe = np.where(span > 0, span, 1.0)
-    return np.where(span > 0, (scores - lo) / safe, 0.5)
+    return np.asarray(np.where(span > 0, (scores - lo) / safe, 0.5), dtype=np.float64)
 
 
 def run_fixed(t: Table, rm: str, order: IntArray | None = None) -> Run:
@@ -159,7 +159,7 @@ def run_fixed(t: Table, rm: str, order: IntArray | None = None) -> Run:
 
 def ensemble_mean_scores(t: Table, rms: Sequence[str] | None = None) -> FloatArray:
     rms = list(rms or t.rms)
-    return np.mean([normalised(t.scores[r]) for r in rms], axis=0)
+    return np.asarray(np.mean([normalised(t.scores[r]) for r in rms], axis=0), dtype=np.float64)
 
 
 def run_ensemble_mean(t: Table, order: IntArray | None = None) -> Run:
