@@ -326,3 +326,26 @@ def test_two_processes_under_accelerate_launch(tiny_model: Path, tmp_path: Path)
     assert len(pairs) == sum(s["pairs"] for s in steps) > 0
     summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("selector", "mode"), [("laser", "per_query"), ("ensemble", "batch"), ("sequential", "batch")]
+)
+def test_selectors_and_per_query_mode(
+    tiny_model: Path, tmp_path: Path, selector: str, mode: str
+) -> None:
+    out = tmp_path / selector
+    cfg = _config(tiny_model, tmp_path, out, iterations=1, selector=selector, bandit_mode=mode)
+    summary = asyncio.run(run_training(cfg, progress=False))
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and summary["steps"] == 2
+    used = {rm for s in steps for rm in s["rms"]}
+    if selector == "ensemble":
+        assert used == {"ensemble"}
+    elif selector == "sequential":  # one RM after another
+        assert [s["rm"] for s in steps] == ["loglik", "agreement"]
+    else:  # per query: every prompt's RM is counted, and each was rewarded on its own
+        assert sum(summary["rm_counts"].values()) == 8
+        bandit = from_bytes(load_checkpoint(out / "checkpoints" / "iter-1")["selector"])
+        trained_prompts = {p["prompt"] for p in map(json.loads, (out / "pairs.jsonl").open())}
+        assert sum(bandit["meta"]["pulls"]) == len(trained_prompts)

@@ -27,7 +27,8 @@ def plot_training(steps: list[dict[str, Any]], path: Path, title: str = "trainin
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=colors[rm], label=rm, s=18, zorder=3)
     ax.set(xlabel="step", ylabel="DPO + NLL loss", title="loss per step (colour: RM)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
     per_iter: dict[int, Counter[str]] = defaultdict(Counter)
     per_task: dict[str, Counter[str]] = defaultdict(Counter)
