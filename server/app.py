@@ -258,10 +258,12 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def require_admin(request: Request) -> None:
+    # async: FastAPI runs plain-def dependencies in a worker thread, a thread hop per request
+    # that costs milliseconds on a busy machine.
+    async def require_admin(request: Request) -> None:
         _check_key(request)
 
-    def require_user(request: Request) -> None:
+    async def require_user(request: Request) -> None:
         if settings.protect_generate:
             _check_key(request)
 

@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     bench = sub.add_parser("bench-bandit", help="LinUCB select+update micro-benchmark")
     bench.set_defaults(func=lambda a: __import__("laser.bandit.bench").bandit.bench.main([]))
 
+    from laser.server.benchmark import add_parser as add_bench
+
+    add_bench(sub)
+
     from laser.server.training.cli import add_parser as add_train
 
     add_train(sub)

