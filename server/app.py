@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -165,7 +165,11 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         title="laser-server",
         version="0.1.0",
         lifespan=lifespan,
-        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        # Every error any route can give, in the one shape (documented for clients and fuzzers).
+        responses={
+            code: {"model": ErrorResponse}
+            for code in (400, 401, 403, 404, 405, 409, 413, 422, 429, 500, 503)
+        },
     )
 
     @app.exception_handler(APIError)
@@ -350,7 +354,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         reranker: Reranker = request.app.state.reranker
         return await reranker.predict(body.prompt, body.document is not None)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
     async def metrics_route(request: Request) -> Response:
         return Response(
             generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -48,6 +49,10 @@ def _serve(args: argparse.Namespace) -> None:
         settings.port,
     )
     app = build_app(settings)
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to 30 s), runs
+    # the lifespan shutdown (final bandit snapshot, engine stop), then re-raises the signal
+    # to the handler it found: this one, so a graceful stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30
     )

@@ -15,7 +15,8 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from laser.server.admission import check_input_size
 from laser.server.errors import BadRequestError, ConflictError
@@ -66,21 +67,24 @@ def _to_generate(body: _OpenAIBase, **input_: Any) -> GenerateRequest:
     total = body.best_of if body.best_of is not None else body.n
     if total < body.n:
         raise BadRequestError(f"best_of ({total}) must be >= n ({body.n})", param="best_of")
-    return GenerateRequest(
-        **input_,
-        document=body.document,
-        documents=body.documents,
-        document_policy=body.document_policy,
-        n=total,
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop,
-        reward_model=body.reward_model,
-        task=body.task,
-        reference=body.reference,
-        return_candidates=True,
-    )
+    try:
+        return GenerateRequest(
+            **input_,
+            document=body.document,
+            documents=body.documents,
+            document_policy=body.document_policy,
+            n=total,
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop,
+            reward_model=body.reward_model,
+            task=body.task,
+            reference=body.reference,
+            return_candidates=True,
+        )
+    except ValidationError as exc:  # e.g. an empty prompt: the caller's mistake, a 422
+        raise RequestValidationError(exc.errors()) from None
 
 
 def _laser(result: GenerateResponse) -> dict[str, Any]:
