@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from typing import Any
@@ -134,6 +135,11 @@ def run(args: argparse.Namespace) -> None:
         finally:
             services.shutdown()
 
+    def terminate(signum: int, frame: Any) -> None:
+        # Unwind like Ctrl-C, so `services.shutdown()` stops vLLM's engine process too.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     start = time.perf_counter()
     try:
         report = asyncio.run(main())

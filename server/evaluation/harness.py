@@ -359,7 +359,7 @@ async def collect(
             }
         )
 
-    async def score_one(name: str, i: int) -> tuple[list[float], float]:
+    async def score_one(name: str, i: int, key: str) -> tuple[list[float], float]:
         it, (g, _) = items[i], gens[i]
         texts = [c.text for c in g.completions]
         async with sem:
@@ -373,10 +373,14 @@ async def collect(
             latency = time.perf_counter() - t
         if len(vals) != len(texts) or not all(math.isfinite(v) for v in vals):
             raise EvalError(f"RM {name!r} returned bad scores on item {it.item.id!r}")
+        out = [float(v) for v in vals]
+        # Cached at once (with its raw latency), so an interrupted run loses nothing; the
+        # chunk's share-out below replaces the time.
+        cache.put("score", key, {"scores": out, "seconds": latency})
         bar.update(1)
-        return [float(v) for v in vals], latency
+        return out, latency
 
-    chunk = 4 * config.concurrency
+    chunk = config.concurrency
     t0 = time.perf_counter()
     with _progress(n_items * len(reward_models), "scoring", config.progress) as bar:
         for name in reward_models:
@@ -392,7 +396,7 @@ async def collect(
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
                 t = time.perf_counter()
-                results = await asyncio.gather(*(score_one(name, i) for i in part))
+                results = await asyncio.gather(*(score_one(name, i, keys[i]) for i in part))
                 wall = time.perf_counter() - t
                 stats["rm_wall_seconds"][name] += wall
                 total_latency = sum(lat for _, lat in results) or 1.0
