@@ -149,18 +149,20 @@ def test_back_pressure_refuses_fast_stays_bounded_and_recovers(
         pool.shutdown()
 
         # 2. Real load at ~12x capacity, three rounds: every request is answered (200) or
-        # refused cleanly (429 + Retry-After); no other status, the gauges go back to 0 and
-        # memory does not grow round after round.
+        # refused cleanly (429, or 503 on a machine so slow that the queue wait runs out, both
+        # with Retry-After); no other status, the gauges go back to 0 and memory does not
+        # grow round after round.
         rss = []
         for _ in range(3):
             replies = asyncio.run(_flood(live.url + "/generate", 60, body))
             codes = [r.status_code for r in replies]
-            assert set(codes) <= {200, 429}, codes
+            assert set(codes) <= {200, 429, 503}, codes
             assert codes.count(200) >= 5
             for r in replies:
-                if r.status_code == 429:
-                    assert "retry-after" in r.headers
-                    assert_error(r, 429)
+                if r.status_code != 200:  # 429 queue full, or 503 waited past queue_timeout_s
+                    err = assert_error(r, r.status_code)
+                    assert err["code"] == {429: "queue_full", 503: "queue_timeout"}[r.status_code]
+                    assert r.headers["retry-after"] == "1"
             assert (admission.active, admission.waiting) == (0, 0)
             rss.append(rss_mib())
         assert metric(live, "laser_queue_depth") == 0
