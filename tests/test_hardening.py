@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import resource
 import sqlite3
@@ -173,6 +174,40 @@ def test_back_pressure_refuses_fast_stays_bounded_and_recovers(
         assert health(live)["status"] == "ok"
     finally:
         live.stop()
+
+
+def test_admission_never_runs_more_than_its_slots() -> None:
+    """The admission logic alone, under 300 requests arriving at random: never more than
+    `max_concurrent` at once, every request admitted or refused, nothing left behind."""
+    from laser.server.admission import Admission
+    from laser.server.errors import TooManyRequestsError
+
+    rng = random.Random(0)
+
+    async def run() -> tuple[int, list[int], Admission]:
+        admission = Admission(max_concurrent=2, max_queue=3, queue_timeout_s=60, retry_after_s=1)
+        running = peak = 0
+
+        async def request(delay: float) -> int:
+            nonlocal running, peak
+            await asyncio.sleep(delay)
+            try:
+                async with admission.slot():
+                    running += 1
+                    peak = max(peak, running)
+                    await asyncio.sleep(0.01)
+                    running -= 1
+            except TooManyRequestsError:
+                return 429
+            return 200
+
+        codes = await asyncio.gather(*(request(rng.random() * 0.2) for _ in range(300)))
+        return peak, list(codes), admission
+
+    peak, codes, admission = asyncio.run(run())
+    assert peak <= 2 and codes.count(200) >= 5 and codes.count(200) + codes.count(429) == 300
+    assert admission.status()["rejected"]["queue_full"] == codes.count(429)
+    assert (admission.active, admission.waiting) == (0, 0)
 
 
 def test_queue_timeout_is_503_with_retry_after(
