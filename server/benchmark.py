@@ -80,7 +80,7 @@ class BenchConfig:
     max_tokens: int = 32
     rounds: int = 8
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
-    requests_per_level: int = 0  # 0: max(8, 2 * concurrency), at most 128
+    requests_per_level: int = 0  # 0: max(8, 2 * concurrency), at most 64
     ns: tuple[int, ...] = (1, 4, 8, 16)
     ns_requests: int = 3
     doc_tokens: tuple[int, ...] = (1000, 4000, 8000)
@@ -111,7 +111,7 @@ class BenchConfig:
         )
 
     def requests_at(self, c: int) -> int:
-        return self.requests_per_level or min(128, max(8, 2 * c))
+        return self.requests_per_level or min(64, max(8, 2 * c))
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -202,7 +202,18 @@ class _Bench:
         # (client wall ms, reply) of every sequential short-prompt request: the overhead sample
         self.sequential: list[tuple[float, dict[str, Any]]] = []
         self.hf: Any = None
+        self._seq = 0
         self.log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def tag(self, text: str) -> str:
+        """`text` made unique per call: vLLM's prefix cache must not let one variant reuse
+        the prefill of the same prompt sent just before by another (with long documents the
+        prefill is most of the cost)."""
+        self._seq += 1
+        return f"[{self._seq}] {text}"
+
+    def chat(self, question: str) -> str:
+        return str(self.engine.render_chat([{"role": "user", "content": question}]))
 
     # .. the alternatives, in process ..........................................................
     def _sampling(self, n: int) -> Any:
@@ -319,9 +330,8 @@ class _Bench:
         picked: list[str] = []
         others = [k for k in wall if k != "server"]
         for r in range(cfg.rounds):
-            question = PROMPTS[r % len(PROMPTS)]
-            prompt = self.engine.render_chat([{"role": "user", "content": question}])
-            body = {"prompt": question, "n": n, "max_tokens": cfg.max_tokens}
+            base_q = PROMPTS[r % len(PROMPTS)]
+            body = {"prompt": self.tag(base_q), "n": n, "max_tokens": cfg.max_tokens}
             ms, data = await self.server(body)
             wall["server"].append(ms)
             self.sequential.append((ms, data))
@@ -329,6 +339,8 @@ class _Bench:
             picked.append(rm)
             k = r % len(others)
             for name in others[k:] + others[:k]:
+                question = self.tag(base_q)
+                prompt = self.chat(question)
                 ms, _ = await _timed(self.variant(name, question, prompt, n, rm))
                 wall[name].append(ms)
             self.log(
@@ -341,12 +353,17 @@ class _Bench:
             name: {
                 "label": VARIANTS[name],
                 **_summary(ms),
+                # Ratio of means = ratio of throughputs at concurrency 1.
                 "vs_engine_rm": statistics.fmean(ms) / base,
                 "vs_floor": statistics.fmean(ms) / floor,
+                # The median of each round's own ratio shrugs off a round hit by a load spike.
+                "median_round_vs_engine_rm": statistics.median(
+                    a / b for a, b in zip(ms, wall["engine_rm"], strict=True)
+                ),
             }
             for name, ms in wall.items()
         }
-        return {"rows": rows, "rm_picked": picked, "n": n}
+        return {"rows": rows, "rm_picked": picked, "n": n, "rounds_ms": wall}
 
     async def _closed_loop(self, kind: str, c: int, total: int) -> tuple[list[float], int, float]:
         """`total` requests from `c` clients; (latencies of the answered, refused, seconds)."""
@@ -358,7 +375,7 @@ class _Bench:
         async def client() -> None:
             nonlocal refused
             while left:
-                question = PROMPTS[left.pop() % len(PROMPTS)]
+                question = self.tag(PROMPTS[left.pop() % len(PROMPTS)])
                 if kind == "server":
                     body = {"prompt": question, "n": cfg.n, "max_tokens": cfg.max_tokens}
                     ms, status, _ = await self.post(body)
@@ -366,8 +383,7 @@ class _Bench:
                         refused += 1
                         continue
                 else:
-                    prompt = self.engine.render_chat([{"role": "user", "content": question}])
-                    ms, _ = await _timed(self.engine_only(prompt, cfg.n))
+                    ms, _ = await _timed(self.engine_only(self.chat(question), cfg.n))
                 lat.append(ms)
 
         t = time.perf_counter()
@@ -405,12 +421,12 @@ class _Bench:
             server, floor = [], []
             for i in range(cfg.ns_requests):
                 question = PROMPTS[i % len(PROMPTS)]
-                prompt = self.engine.render_chat([{"role": "user", "content": question}])
                 ms, data = await self.server(
-                    {"prompt": question, "n": n, "max_tokens": cfg.max_tokens}
+                    {"prompt": self.tag(question), "n": n, "max_tokens": cfg.max_tokens}
                 )
                 server.append(ms)
                 self.sequential.append((ms, data))
+                prompt = self.chat(self.tag(question))
                 floor.append((await _timed(self.engine_only(prompt, n)))[0])
             rows.append(
                 {
@@ -435,19 +451,16 @@ class _Bench:
                 [{"role": "user", "content": format_documents(DOC_QUESTION, ["x"])}]
             )
         )
-        room = self.engine.max_model_len - cfg.max_tokens - template - 8
+        room = self.engine.max_model_len - cfg.max_tokens - template - 16  # 16: the tag
         rows = []
         for target in cfg.doc_tokens:
             doc = _document(tok, min(target, room))
-            prompt = self.engine.render_chat(
-                [{"role": "user", "content": format_documents(DOC_QUESTION, [doc])}]
-            )
             server, floor, rms = [], [], []
             prompt_tokens, truncated = 0, False
             for _ in range(cfg.doc_requests):
                 body = {
                     "prompt": DOC_QUESTION,
-                    "document": doc,
+                    "document": self.tag(doc),
                     "n": cfg.n,
                     "max_tokens": cfg.max_tokens,
                 }
@@ -456,6 +469,7 @@ class _Bench:
                 rms.append(data["reward_model"])
                 prompt_tokens = data["usage"]["prompt_tokens"]
                 truncated = truncated or data["document_truncated"]
+                prompt = self.chat(format_documents(DOC_QUESTION, [self.tag(doc)]))
                 floor.append((await _timed(self.engine_only(prompt, cfg.n)))[0])
             rows.append(
                 {
@@ -638,13 +652,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"{', '.join(results['reward_models'])}; n={cfg['n']}, max_tokens={cfg['max_tokens']}, "
         f"{cfg['rounds']} rounds{' (QUICK mode)' if cfg['quick'] else ''}.",
         "",
-        "| variant | mean (ms) | p50 (ms) | vs engine + one RM | vs engine alone |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | mean (ms) | p50 (ms) | vs engine + one RM | (median of rounds) "
+        "| vs engine alone |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["comparison"]["rows"].values():
         lines.append(
             f"| {row['label']} | {_f(row['mean_ms'])} | {_f(row['p50_ms'])} | "
-            f"{_f(row['vs_engine_rm'], 2)}x | {_f(row['vs_floor'], 2)}x |"
+            f"{_f(row['vs_engine_rm'], 2)}x | {_f(row['median_round_vs_engine_rm'], 2)}x | "
+            f"{_f(row['vs_floor'], 2)}x |"
         )
     picked = results["comparison"]["rm_picked"]
     counts = {rm: picked.count(rm) for rm in dict.fromkeys(picked)}
@@ -773,7 +789,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, help=f"tokens per candidate (default {d.max_tokens})")
     p.add_argument("--rounds", type=int, help=f"side-by-side rounds (default {d.rounds})")
     p.add_argument("--concurrency", type=int, nargs="+", help="levels (default 1 4 16 64)")
-    p.add_argument("--requests-per-level", type=int, help="default max(8, 2 x level)")
+    p.add_argument("--requests-per-level", type=int, help="default max(8, 2 x level), <= 64")
     p.add_argument("--ns", type=int, nargs="+", help="n values to scale (default 1 4 8 16)")
     p.add_argument("--doc-tokens", type=int, nargs="+", help="default 1000 4000 8000")
     p.add_argument("--no-naive-hf", action="store_true", help="skip the transformers baseline")

@@ -63,6 +63,9 @@ def test_quick_bench_produces_every_row(
     for row in rows.values():
         assert row["mean_ms"] > 0 and row["p50_ms"] > 0
     assert rows["engine_rm"]["vs_engine_rm"] == pytest.approx(1.0)
+    assert rows["engine_rm"]["median_round_vs_engine_rm"] == pytest.approx(1.0)
+    rounds = results["comparison"]["rounds_ms"]
+    assert set(rounds) == set(VARIANTS) and all(len(v) == config.rounds for v in rounds.values())
     assert rows["engine"]["vs_floor"] == pytest.approx(1.0)
 
     o = results["overhead"]
