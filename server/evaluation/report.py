@@ -231,8 +231,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Cost",
         "",
-        "RM scoring time was measured once per RM and item (one call at a time) and is "
-        "charged to every strategy that uses that RM on that item. Sampling the n candidates "
+        "RM scoring time was measured once per RM and item (items scored in concurrent "
+        "chunks, each chunk's wall time shared out by call latency) and is charged to every "
+        "strategy that uses that RM on that item. Sampling the n candidates "
         f"(shared by every strategy but greedy) took {r['stats']['sample_seconds']:.0f} s "
         f"this run for {r['stats']['engine_generate_calls']} uncached engine calls.",
         "",
