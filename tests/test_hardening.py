@@ -158,7 +158,9 @@ def test_back_pressure_refuses_fast_stays_bounded_and_recovers(
             replies = asyncio.run(_flood(live.url + "/generate", 60, body))
             codes = [r.status_code for r in replies]
             assert set(codes) <= {200, 429, 503}, codes
-            assert codes.count(200) >= 5
+            # The 2 free slots take the first 2 at once; queued ones may time out on a
+            # saturated machine, so more is not guaranteed.
+            assert codes.count(200) >= 2
             for r in replies:
                 if r.status_code != 200:  # 429 queue full, or 503 waited past queue_timeout_s
                     err = assert_error(r, r.status_code)
