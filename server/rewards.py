@@ -326,9 +326,6 @@ class RemoteRM:
                 if r.status_code == 200 and self.protocol == "vllm_classify":
                     data = sorted(r.json()["data"], key=lambda d: d["index"])
                     return [float(d["probs"][0]) for d in data]
-                if r.status_code == 200 and self.protocol == "vllm_classify":
-                    data = sorted(r.json()["data"], key=lambda d: d["index"])
-                    return [float(d["probs"][0]) for d in data]
                 if r.status_code == 200:
                     scores = r.json().get("scores")
                     if not isinstance(scores, list):
