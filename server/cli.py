@@ -10,10 +10,22 @@ import sys
 from typing import Any
 
 
-def _serve(args: argparse.Namespace) -> None:
-    # vLLM reads these at import; set before anything imports it.
+def offline_environment() -> None:
+    """What every command sets before vLLM/transformers are imported (they read it then):
+    no hub access, a small CPU KV cache unless the user chose one."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    offline_environment()
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     import uvicorn
     from pydantic import ValidationError
@@ -38,9 +50,7 @@ def _serve(args: argparse.Namespace) -> None:
         settings = load_settings(args.config, **overrides)
     except (ValidationError, OSError, ValueError) as exc:
         sys.exit(f"laser-server: bad configuration: {exc}")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     log = logging.getLogger("laser.server")
     log.info(
         "laser-server: data in %s; listening on http://%s:%d once the model is loaded",

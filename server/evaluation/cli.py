@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import shlex
 import signal
 import sys
 import time
 from typing import Any
+
+from laser.server.cli import log_to_stderr, offline_environment
 
 
 def add_parser(sub: Any) -> None:
@@ -60,9 +60,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    offline_environment()
     from pydantic import ValidationError
 
     from laser.server.config import load_settings
@@ -70,9 +68,7 @@ def run(args: argparse.Namespace) -> None:
     from laser.server.evaluation.data import expand_tasks
     from laser.server.evaluation.harness import EvalConfig, EvalError, evaluate
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir

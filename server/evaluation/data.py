@@ -20,7 +20,6 @@ the same call gives the same items.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import random
 import re
@@ -28,19 +27,17 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from laser.server import assets
 from laser.server.data import DataError, PromptItem, arithmetic_items
 
 MC_LETTERS = "ABCD"
 
 
 def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"package {name!r} is not installed; run `bash scripts/setup.sh` (it installs the "
-            "embedded default's data)"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
+    try:
+        return assets.package_dir(name)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _sample(rows: list[PromptItem], n: int, seed: int) -> list[PromptItem]:

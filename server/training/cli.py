@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from laser.server.cli import log_to_stderr, offline_environment
 
 _FLAGS: list[tuple[str, str, type, str]] = [
     ("--prompts", "prompts", str, "prompts JSONL (prompt, document(s), reference, task)"),
@@ -61,18 +61,14 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    offline_environment()
     from pydantic import ValidationError
 
     from laser.server.data import arithmetic_items, write_prompts
     from laser.server.training.config import load_train_config
     from laser.server.training.loop import Cancelled, TrainingError, run_training
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
     try:
         cfg = load_train_config(args.config, **overrides)
