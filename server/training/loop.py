@@ -517,7 +517,9 @@ class Trainer:
         if pairs:
             metrics, per_pair = self._dpo_step(pairs)
             record.update(metrics)
-            self._update_bandit(batch, arms, x, pairs, per_pair, metrics["loss"])
+            record["bandit_reward"] = self._update_bandit(
+                batch, arms, x, pairs, per_pair, metrics["loss"]
+            )
         else:
             # Every candidate tied: nothing to learn from, and no loss to reward the RM with.
             record.update({"loss": None, "bandit_reward": None})
@@ -555,14 +557,14 @@ class Trainer:
         pairs: list[Pair],
         per_pair: Any,
         loss: float,
-    ) -> None:
+    ) -> float | None:
+        """Update the selector; returns the (mean) squashed reward it got, None without one."""
         if self.selector is None:
-            return
+            return None
         if self.cfg.bandit_mode == "batch":
             reward = self.squash(-loss)
             self.selector.update(arms[0], x, reward)
-            self._last_reward: float | None = reward
-            return
+            return reward
         # per_query: each prompt's RM is rewarded with the loss of that prompt's own pairs.
         rewards = []
         for i, arm in zip(batch, arms, strict=True):
@@ -571,7 +573,7 @@ class Trainer:
                 r = self.squash(-float(per_pair[mine].mean()))
                 self.selector.update(arm, self.contexts[i], r)
                 rewards.append(r)
-        self._last_reward = float(np.mean(rewards)) if rewards else None
+        return float(np.mean(rewards)) if rewards else None
 
     # -- evaluation on held-out prompts -----------------------------------------------------
     async def evaluate(self) -> dict[str, Any] | None:
@@ -625,7 +627,6 @@ class Trainer:
             self._restore()
         steps_per_iter = math.ceil(len(self.items) / self.cfg.batch_size)
         total = steps_per_iter * self.cfg.iterations
-        self._last_reward = None
         if self.state.eval_before is None and self.held_out:
             log.info("evaluating the starting policy on %d held-out items", len(self.held_out))
             self.state.eval_before = await self.evaluate() if self.acc.is_main_process else None
@@ -645,7 +646,6 @@ class Trainer:
                     self._status("cancelled", last, total)
                     raise Cancelled(f"stopped at step {self.state.step}")
                 last = await self._step(batch, iteration)
-                last["bandit_reward"] = self._last_reward if last.get("loss") is not None else None
                 self.state.step += 1
                 for arm, count in last["rms"].items():
                     self.state.rm_counts[arm] = self.state.rm_counts.get(arm, 0) + count
@@ -721,20 +721,10 @@ async def run_training(cfg: TrainConfig, **kwargs: Any) -> dict[str, Any]:
         trainer.shutdown()
 
 
-def resume_state(output_dir: str | Path) -> dict[str, Any] | None:
-    """The `state.json` of the latest checkpoint under `output_dir` (None if none)."""
-    ckpt = latest_checkpoint(Path(output_dir) / "checkpoints")
-    if ckpt is None:
-        return None
-    state: dict[str, Any] = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    return state
-
-
 __all__ = [
     "Cancelled",
     "Trainer",
     "TrainingError",
     "build_pairs",
-    "resume_state",
     "run_training",
 ]
