@@ -108,6 +108,27 @@ def load_services(settings: Settings) -> Services:
     return Services(engine=engine, encoder=SentenceEncoder(enc_path))
 
 
+def http_server(
+    app: FastAPI, settings: Settings, *, port: int | None = None, log_level: str = "warning"
+) -> Any:
+    """A `uvicorn.Server` for `app` on `settings.host` (and `port`, default the settings')."""
+    import uvicorn
+
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port if port is None else port,
+            log_level=log_level,
+            lifespan="on",
+            timeout_keep_alive=settings.keep_alive_s,
+            # On SIGTERM: stop accepting, let in-flight requests finish (up to 30 s), then
+            # run the lifespan shutdown (final bandit snapshot, engine stop).
+            timeout_graceful_shutdown=30,
+        )
+    )
+
+
 def _error(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> JSONResponse:

@@ -563,9 +563,8 @@ async def run_bench(
     at the end only then.
     """
     import httpx
-    import uvicorn
 
-    from laser.server.app import build_app, load_services
+    from laser.server.app import build_app, http_server, load_services
 
     own = services is None
     load_at_start = machine_info()["load_average_1m"]
@@ -574,10 +573,7 @@ async def run_bench(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    app = build_app(settings, svc)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    server = http_server(build_app(settings, svc), settings, port=port)
     serving = asyncio.ensure_future(server.serve())
     t_start = time.perf_counter()
     try:

@@ -27,10 +27,9 @@ def log_to_stderr() -> None:
 def _serve(args: argparse.Namespace) -> None:
     offline_environment()
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
-    import uvicorn
     from pydantic import ValidationError
 
-    from laser.server.app import build_app
+    from laser.server.app import build_app, http_server
     from laser.server.config import load_settings
 
     overrides: dict[str, Any] = {}
@@ -58,14 +57,11 @@ def _serve(args: argparse.Namespace) -> None:
         settings.host,
         settings.port,
     )
-    app = build_app(settings)
-    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to 30 s), runs
-    # the lifespan shutdown (final bandit snapshot, engine stop), then re-raises the signal
-    # to the handler it found: this one, so a graceful stop exits 0.
+    server = http_server(build_app(settings), settings, log_level="info")
+    # On SIGTERM uvicorn drains (see http_server), then re-raises the signal to the
+    # handler it found: this one, so a graceful stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30
-    )
+    server.run()
 
 
 def main(argv: list[str] | None = None) -> None:

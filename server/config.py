@@ -111,6 +111,15 @@ class Settings(BaseSettings):
     document_policy: Literal["truncate", "reject"] = "truncate"
     rm_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description=(
+            "how long an idle HTTP connection stays open. Longer than clients keep theirs "
+            "(httpx: 5 s), so the client closes first and never sends a request on a "
+            "connection the server is closing (that race surfaces as a client ReadError)"
+        ),
+    )
     # Back-pressure and input limits (laser.server.admission; README "Operating it").
     max_concurrent: int = Field(16, ge=1, description="generation requests worked on at once")
     max_queue: int = Field(64, ge=0, description="generation requests waiting; past it 429")

@@ -89,9 +89,8 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def start_server(loop_thread: LoopThread, services: Any) -> Iterator[Callable[..., LiveServer]]:
     """start_server(settings) -> LiveServer on a free loopback port; stopped at session end."""
-    import uvicorn
 
-    from laser.server.app import build_app
+    from laser.server.app import build_app, http_server
 
     running: list[LiveServer] = []
 
@@ -99,9 +98,7 @@ def start_server(loop_thread: LoopThread, services: Any) -> Iterator[Callable[..
         """`svc`: other loaded services (e.g. an engine with LoRA); default the shared one."""
         port = free_port()
         app = build_app(settings, svc or services)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-        )
+        server = http_server(app, settings, port=port)
         done: Future[None] = asyncio.run_coroutine_threadsafe(server.serve(), loop_thread.loop)
 
         async def wait_started() -> None:

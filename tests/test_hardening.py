@@ -16,6 +16,7 @@ import json
 import random
 import re
 import resource
+import socket
 import sqlite3
 import threading
 import time
@@ -210,6 +211,47 @@ def test_admission_never_runs_more_than_its_slots() -> None:
     assert peak <= 2 and codes.count(200) >= 5 and codes.count(200) + codes.count(429) == 300
     assert admission.status()["rejected"]["queue_full"] == codes.count(429)
     assert (admission.active, admission.waiting) == (0, 0)
+
+
+def _health_on(sock: socket.socket) -> bytes:
+    """One keep-alive GET /health on an open socket; the raw answer (b"" once closed)."""
+    data = b""
+    try:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    except ConnectionError:
+        return data
+    while b"\r\n\r\n" not in data:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_idle_connection_outlives_the_clients_keep_alive(start_server: Any, tmp_path: Path) -> None:
+    """A client (httpx keeps idle connections 5 s) must never send on a connection the
+    server is closing: that race was a ReadError in the bench. The server keeps an idle
+    connection for `keep_alive_s` (75 s), past uvicorn's own 5 s default; and the setting
+    is what decides it (a 1 s keep-alive closes it)."""
+    for keep_alive, idle_s, stays_open in ((None, 6.0, True), (1, 2.5, False)):
+        extra = {} if keep_alive is None else {"keep_alive_s": keep_alive}
+        live = start_server(make_settings(tmp_path / str(keep_alive), **extra))
+        try:
+            port = int(live.url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                assert _health_on(sock).startswith(b"HTTP/1.1 200")
+                time.sleep(idle_s)
+                second = _health_on(sock)
+                assert second.startswith(b"HTTP/1.1 200") == stays_open, (keep_alive, second)
+        finally:
+            live.stop()
 
 
 def test_queue_timeout_is_503_with_retry_after(
