@@ -88,6 +88,30 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
+@dataclass
+class _Scored:
+    """One continuation's likelihood request: its token ids, the first continuation
+    position, and the per-token logprobs known so far (position -> logprob)."""
+
+    ids: list[int]
+    first: int
+    known: dict[int, float]
+    prompt: Any
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """
+    >>> _common_prefix_len([1, 2, 3], [1, 2, 4, 5])
+    2
+    """
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class VLLMEngine:
     """vLLM's `AsyncLLM` in this process (its engine core in a child process).
 
@@ -140,7 +164,7 @@ class VLLMEngine:
         self._scorer_lock = asyncio.Lock()
         self._logprobs_via_hf = enable_lora and _on_cpu()
         # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
-        self.loglik_tokens = {"prompt": 0, "cached": 0}
+        self.loglik_tokens = {"prompt": 0, "cached": 0, "rescored": 0}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -254,32 +278,62 @@ class VLLMEngine:
                 output_kind=RequestOutputKind.FINAL_ONLY,
             )
 
-        async def one(text: str) -> float:
+        async def scored(text: str) -> _Scored | None:
+            """Logprobs of the continuation's tokens that vLLM computed for this request:
+            those past the part it took from the prefix cache."""
             cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not cont:
-                return float("-inf")
+                return None
             ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
             prompt = TokensPrompt(prompt_token_ids=ids)
-            start = len(ids) - len(cont)
             out = await self._final(prompt, params(reuse_prefix))
             cached = out.num_cached_tokens if reuse_prefix else 0
-            if cached is None or cached >= max(start, 1):
-                # The cache reached into the continuation (another candidate starts with
-                # the same tokens past a block boundary), so the logprob of its first token
-                # was never computed: score this one from scratch.
-                out = await self._final(prompt, params(False))
-                cached = 0
+            if cached is None:  # not reported: nothing known to be computed
+                out, cached = await self._final(prompt, params(False)), 0
             self.loglik_tokens["prompt"] += len(ids)
             self.loglik_tokens["cached"] += cached
+            # Token i's logprob comes from position i-1, computed only if i-1 >= cached.
+            first = max(len(ids) - len(cont), 1)
             lps = out.prompt_logprobs or []
-            vals = [
-                d[t].logprob for d, t in zip(lps[start:], ids[start:], strict=False) if d and t in d
-            ]
-            return sum(vals) / len(vals) if vals else float("-inf")
+            known = {
+                i: lps[i][ids[i]].logprob
+                for i in range(max(first, cached + 1), len(ids))
+                if lps[i] and ids[i] in lps[i]
+            }
+            return _Scored(ids, first, known, prompt)
 
         # One request per distinct continuation, all submitted at once: vLLM batches them.
         distinct = list(dict.fromkeys(continuations))
-        scores = dict(zip(distinct, await asyncio.gather(*(one(t) for t in distinct)), strict=True))
+        results = await asyncio.gather(*(scored(t) for t in distinct))
+        scores: dict[str, float] = {}
+        for text, r in zip(distinct, results, strict=True):
+            if r is None:
+                scores[text] = float("-inf")
+                continue
+            missing = [i for i in range(r.first, len(r.ids)) if i not in r.known]
+            if missing:
+                # The cache reached into this continuation: another candidate starts with the
+                # same tokens past a block boundary. Token i's logprob depends only on tokens
+                # 0..i, so a sibling that computed position i with the same tokens up to i has
+                # it; failing that, this continuation is scored from scratch.
+                for other in results:
+                    if other is None or other is r:
+                        continue
+                    same = _common_prefix_len(other.ids, r.ids)
+                    for i in missing:
+                        if i < same and i in other.known:
+                            r.known.setdefault(i, other.known[i])
+                if any(i not in r.known for i in missing):
+                    out = await self._final(r.prompt, params(False))
+                    lps = out.prompt_logprobs or []
+                    r.known.update(
+                        (i, lps[i][r.ids[i]].logprob)
+                        for i in missing
+                        if lps[i] and r.ids[i] in lps[i]
+                    )
+                    self.loglik_tokens["rescored"] += 1
+            vals = [r.known[i] for i in range(r.first, len(r.ids)) if i in r.known]
+            scores[text] = sum(vals) / len(vals) if vals else float("-inf")
         return [scores[t] for t in continuations]
 
     def shutdown(self) -> None:
