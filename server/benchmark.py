@@ -444,9 +444,10 @@ class _Bench:
     async def _loglik_pair(
         self, prompt: str, texts: list[str], out: dict[str, list[float]]
     ) -> None:
-        """The `loglik` RM's likelihoods of `texts` right after their generation, with the
-        prompt's KV from vLLM's prefix cache and from scratch (alternating which goes
-        first). Only for the in-process vLLM engine; skipped otherwise."""
+        """The `loglik` RM's likelihoods of `texts` right after their generation: as serving
+        computes them (logprobs kept from sampling; otherwise the prompt's KV from vLLM's
+        prefix cache) and from scratch (one full prefill per sample), alternating which
+        goes first. Only for the in-process vLLM engine; skipped otherwise."""
         from laser.server.engine import VLLMEngine
 
         engine = self.engine
@@ -507,8 +508,8 @@ class _Bench:
                 f"  document ~{target} tokens (prompt {prompt_tokens}): server "
                 f"{pct(server, 50):.0f} ms, engine {pct(floor, 50):.0f} ms"
                 + (
-                    f"; loglik of {cfg.n}: {rows[-1]['loglik_reuse_ms']:.0f} ms reusing the "
-                    f"prompt, {rows[-1]['loglik_scratch_ms']:.0f} ms from scratch"
+                    f"; loglik of {cfg.n}: {rows[-1]['loglik_reuse_ms']:.0f} ms as served, "
+                    f"{rows[-1]['loglik_scratch_ms']:.0f} ms from scratch"
                     if loglik["reuse"]
                     else ""
                 )
@@ -745,7 +746,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| document (target tokens) | document tokens | prompt tokens | server p50 (ms) "
         "| engine alone p50 (ms) | server / engine | RM picked "
-        "| loglik RM, prompt reused / from scratch (ms) | speed-up |",
+        "| loglik RM on the samples: as served / from scratch (ms) | speed-up |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in results["doc_scaling"]:

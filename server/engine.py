@@ -8,9 +8,11 @@ so callers just await.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -99,6 +101,13 @@ class _Scored:
     prompt: Any
 
 
+SAMPLED_LLS_MAX = 8192  # samples whose logprobs are kept for the loglik RM
+
+
+def _digest(prompt: str) -> bytes:
+    return hashlib.blake2b(prompt.encode(), digest_size=16).digest()
+
+
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """
     >>> _common_prefix_len([1, 2, 3], [1, 2, 4, 5])
@@ -164,7 +173,10 @@ class VLLMEngine:
         self._scorer_lock = asyncio.Lock()
         self._logprobs_via_hf = enable_lora and _on_cpu()
         # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
-        self.loglik_tokens = {"prompt": 0, "cached": 0, "rescored": 0}
+        self.loglik_tokens = {"prompt": 0, "cached": 0, "rescored": 0, "from_generation": 0}
+        # (prompt digest, sample text) -> the sample's mean token logprob, kept from
+        # generation (see `_remember`); bounded, oldest out first.
+        self._sampled_lls: OrderedDict[tuple[bytes, str], float] = OrderedDict()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -215,8 +227,14 @@ class VLLMEngine:
             top_p=sampling.top_p,
             stop=sampling.stop,
             output_kind=RequestOutputKind.FINAL_ONLY,  # all n at once, when all are done
+            # Each sampled token's logprob under the model (vLLM's raw logprobs: before
+            # temperature and top-p), so the loglik RM needs no second pass; not for an
+            # adapter, as RMs judge with the base model.
+            logprobs=0 if adapter is None else None,
         )
         out = await self._final(prompt, params, adapter)
+        if adapter is None:
+            self._remember(prompt, out.outputs)
         return Generation(
             completions=[
                 Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs
@@ -251,11 +269,34 @@ class VLLMEngine:
             )
         return scores
 
+    def _remember(self, prompt: str, outputs: Sequence[Any]) -> None:
+        """Keep each sample's mean token logprob, when its text tokenizes back to exactly the
+        tokens that were sampled (then it is what `loglikelihoods` would compute, up to
+        float rounding); a trailing end-of-sequence token is not part of the text."""
+        key = _digest(prompt)
+        eos = self.tokenizer.eos_token_id
+        for o in outputs:
+            ids = list(o.token_ids)
+            if not o.logprobs or len(o.logprobs) != len(ids) or not o.text:
+                continue
+            if ids and ids[-1] == eos:
+                ids = ids[:-1]
+            if self.tokenizer(o.text, add_special_tokens=False)["input_ids"] != ids or not ids:
+                continue  # a stop string cut the text, or it tokenizes differently
+            lps = [d[t].logprob for d, t in zip(o.logprobs, ids, strict=False) if d and t in d]
+            if len(lps) != len(ids):
+                continue
+            self._sampled_lls[(key, o.text)] = sum(lps) / len(lps)
+            self._sampled_lls.move_to_end((key, o.text))
+        while len(self._sampled_lls) > SAMPLED_LLS_MAX:
+            self._sampled_lls.popitem(last=False)
+
     async def loglikelihoods(
         self, prefix: str, continuations: Sequence[str], *, reuse_prefix: bool = True
     ) -> list[float]:
-        """See `Engine.loglikelihoods`. `reuse_prefix=False` prefills every continuation's
-        prompt from scratch (the old way; for comparisons)."""
+        """See `Engine.loglikelihoods`. `reuse_prefix=False` reuses nothing (neither the
+        logprobs kept from generation nor the prefix cache): every continuation's prompt is
+        prefilled from scratch, for comparisons."""
         from vllm import SamplingParams, TokensPrompt
 
         if self._logprobs_via_hf:
@@ -302,10 +343,17 @@ class VLLMEngine:
             }
             return _Scored(ids, first, known, prompt)
 
-        # One request per distinct continuation, all submitted at once: vLLM batches them.
-        distinct = list(dict.fromkeys(continuations))
-        results = await asyncio.gather(*(scored(t) for t in distinct))
+        # Samples this engine just generated for this prompt need no engine pass at all;
+        # the rest: one request per distinct continuation, all submitted at once.
         scores: dict[str, float] = {}
+        if reuse_prefix:
+            key = _digest(prefix)
+            for text in continuations:
+                if (key, text) in self._sampled_lls and text not in scores:
+                    scores[text] = self._sampled_lls[(key, text)]
+                    self.loglik_tokens["from_generation"] += 1
+        distinct = [t for t in dict.fromkeys(continuations) if t not in scores]
+        results = await asyncio.gather(*(scored(t) for t in distinct))
         for text, r in zip(distinct, results, strict=True):
             if r is None:
                 scores[text] = float("-inf")

@@ -5,6 +5,7 @@ a continuation would silently return numbers vLLM never computed."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -61,3 +62,32 @@ def test_likelihoods_reuse_the_document_prefix_and_match_transformers(
     # Fewer prompt tokens were prefilled than sent: the document came from the cache.
     assert sent >= 4 * engine.count_tokens(prompt)
     assert cached >= engine.count_tokens(prompt) // 2
+
+
+def test_samples_just_generated_are_scored_from_their_sampling_logprobs(
+    loop_thread: LoopThread, services: Any
+) -> None:
+    """What serving does: generate n samples, then the loglik RM scores them. Their token
+    logprobs were kept from generation, so no engine pass is made for them, and the numbers
+    are the ones a prompt-logprobs pass from scratch gives (up to bf16 rounding)."""
+    from laser.server.engine import Sampling
+
+    engine = services.engine
+    item = longqa_items(1, seed=12)[0]
+    prompt = engine.render_chat(
+        [{"role": "user", "content": f"Document:\n{item.documents[0]}\n\n{item.prompt}"}]
+    )
+    gen = loop_thread.run(engine.generate(prompt, Sampling(n=4, max_tokens=24, temperature=0.8)))
+    texts = [c.text for c in gen.completions]
+    before = dict(engine.loglik_tokens)
+    got = loop_thread.run(engine.loglikelihoods(prompt, texts))
+    hits = engine.loglik_tokens["from_generation"] - before["from_generation"]
+    assert hits >= 1  # samples that do not tokenize back to their tokens take the engine path
+    if hits == len(set(texts)):
+        assert engine.loglik_tokens["prompt"] == before["prompt"]  # no engine pass at all
+    scratch = loop_thread.run(engine.loglikelihoods(prompt, texts, reuse_prefix=False))
+    assert got == pytest.approx(scratch, abs=0.05)
+    # Another prompt with the same texts is not confused with this one.
+    other = loop_thread.run(engine.loglikelihoods(prompt + " ", texts[:1]))
+    assert engine.loglik_tokens["from_generation"] - before["from_generation"] == hits
+    assert math.isfinite(other[0])

@@ -369,7 +369,9 @@ def test_small_suite_end_to_end_on_the_real_engine(
         first_sample = np.mean([r["candidates"][0]["quality"] for r in ts])
         assert s["oracle"]["per_task"][task]["mean"] == pytest.approx(oracle, abs=1e-4)
         assert s["first_sample"]["per_task"][task]["mean"] == pytest.approx(first_sample, abs=1e-4)
-        for name, v in s.items():  # no strategy beats the oracle
+        for name, v in s.items():  # no strategy that picks a candidate beats the oracle
+            if name == "greedy":  # its own answer, not one of the n candidates
+                continue
             assert v["per_task"][task]["mean"] <= oracle + 1e-4, (name, task)  # rounded
     assert len(first["strategies"]["laser"]["per_task"]) == 4
     assert s["laser"]["rm_calls_per_item"] == 1 and s["ensemble_mean"]["rm_calls_per_item"] == 3
