@@ -174,9 +174,9 @@ class VLLMEngine:
         self._logprobs_via_hf = enable_lora and _on_cpu()
         # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
         self.loglik_tokens = {"prompt": 0, "cached": 0, "rescored": 0, "from_generation": 0}
-        # (prompt digest, sample text) -> the sample's mean token logprob, kept from
+        # (prompt digest, sample text) -> (sampled token ids, their mean logprob), kept from
         # generation (see `_remember`); bounded, oldest out first.
-        self._sampled_lls: OrderedDict[tuple[bytes, str], float] = OrderedDict()
+        self._sampled_lls: OrderedDict[tuple[bytes, str], tuple[list[int], float]] = OrderedDict()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -270,9 +270,10 @@ class VLLMEngine:
         return scores
 
     def _remember(self, prompt: str, outputs: Sequence[Any]) -> None:
-        """Keep each sample's mean token logprob, when its text tokenizes back to exactly the
-        tokens that were sampled (then it is what `loglikelihoods` would compute, up to
-        float rounding); a trailing end-of-sequence token is not part of the text."""
+        """Keep each sample's token ids and mean token logprob. No tokenizer work here (the
+        generation hot path): `loglikelihoods` uses an entry only when the text tokenizes
+        back to exactly these ids, when it is what a prompt-logprobs pass would compute, up
+        to float rounding. A trailing end-of-sequence token is not part of the text."""
         key = _digest(prompt)
         eos = self.tokenizer.eos_token_id
         for o in outputs:
@@ -281,12 +282,10 @@ class VLLMEngine:
                 continue
             if ids and ids[-1] == eos:
                 ids = ids[:-1]
-            if self.tokenizer(o.text, add_special_tokens=False)["input_ids"] != ids or not ids:
-                continue  # a stop string cut the text, or it tokenizes differently
             lps = [d[t].logprob for d, t in zip(o.logprobs, ids, strict=False) if d and t in d]
-            if len(lps) != len(ids):
+            if not ids or len(lps) != len(ids):
                 continue
-            self._sampled_lls[(key, o.text)] = sum(lps) / len(lps)
+            self._sampled_lls[(key, o.text)] = (ids, sum(lps) / len(lps))
             self._sampled_lls.move_to_end((key, o.text))
         while len(self._sampled_lls) > SAMPLED_LLS_MAX:
             self._sampled_lls.popitem(last=False)
@@ -319,12 +318,19 @@ class VLLMEngine:
                 output_kind=RequestOutputKind.FINAL_ONLY,
             )
 
-        async def scored(text: str) -> _Scored | None:
-            """Logprobs of the continuation's tokens that vLLM computed for this request:
-            those past the part it took from the prefix cache."""
+        key = _digest(prefix)
+
+        async def scored(text: str) -> _Scored | float:
+            """The mean logprob kept from sampling this very text; otherwise the logprobs of
+            the continuation's tokens that vLLM computed for this request: those past the
+            part it took from the prefix cache."""
             cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not cont:
-                return None
+                return float("-inf")
+            kept = self._sampled_lls.get((key, text)) if reuse_prefix else None
+            if kept is not None and kept[0] == cont:
+                self.loglik_tokens["from_generation"] += 1
+                return kept[1]
             ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
             prompt = TokensPrompt(prompt_token_ids=ids)
             out = await self._final(prompt, params(reuse_prefix))
@@ -343,45 +349,43 @@ class VLLMEngine:
             }
             return _Scored(ids, first, known, prompt)
 
-        # Samples this engine just generated for this prompt need no engine pass at all;
-        # the rest: one request per distinct continuation, all submitted at once.
-        scores: dict[str, float] = {}
-        if reuse_prefix:
-            key = _digest(prefix)
-            for text in continuations:
-                if (key, text) in self._sampled_lls and text not in scores:
-                    scores[text] = self._sampled_lls[(key, text)]
-                    self.loglik_tokens["from_generation"] += 1
-        distinct = [t for t in dict.fromkeys(continuations) if t not in scores]
+        # One request per distinct continuation (none for samples this engine just generated
+        # for this prompt), all submitted at once: vLLM batches them.
+        distinct = list(dict.fromkeys(continuations))
         results = await asyncio.gather(*(scored(t) for t in distinct))
-        for text, r in zip(distinct, results, strict=True):
-            if r is None:
-                scores[text] = float("-inf")
-                continue
+        requests = [r for r in results if isinstance(r, _Scored)]
+        redo: list[_Scored] = []
+        for r in requests:
             missing = [i for i in range(r.first, len(r.ids)) if i not in r.known]
-            if missing:
-                # The cache reached into this continuation: another candidate starts with the
-                # same tokens past a block boundary. Token i's logprob depends only on tokens
-                # 0..i, so a sibling that computed position i with the same tokens up to i has
-                # it; failing that, this continuation is scored from scratch.
-                for other in results:
-                    if other is None or other is r:
-                        continue
+            if not missing:
+                continue
+            # The cache reached into this continuation (its own generation, or another
+            # candidate with the same first tokens past a block boundary). Token i's logprob
+            # depends only on tokens 0..i, so a sibling that computed position i with the same
+            # tokens up to i has it; failing that, this continuation is scored from scratch.
+            for other in requests:
+                if other is not r:
                     same = _common_prefix_len(other.ids, r.ids)
                     for i in missing:
                         if i < same and i in other.known:
                             r.known.setdefault(i, other.known[i])
-                if any(i not in r.known for i in missing):
-                    out = await self._final(r.prompt, params(False))
-                    lps = out.prompt_logprobs or []
-                    r.known.update(
-                        (i, lps[i][r.ids[i]].logprob)
-                        for i in missing
-                        if lps[i] and r.ids[i] in lps[i]
-                    )
-                    self.loglik_tokens["rescored"] += 1
-            vals = [r.known[i] for i in range(r.first, len(r.ids)) if i in r.known]
-            scores[text] = sum(vals) / len(vals) if vals else float("-inf")
+            if any(i not in r.known for i in missing):
+                redo.append(r)
+        outs = await asyncio.gather(*(self._final(r.prompt, params(False)) for r in redo))
+        for r, out in zip(redo, outs, strict=True):
+            lps = out.prompt_logprobs or []
+            r.known = {
+                i: lps[i][r.ids[i]].logprob
+                for i in range(r.first, len(r.ids))
+                if lps[i] and r.ids[i] in lps[i]
+            }
+            self.loglik_tokens["rescored"] += 1
+        scores: dict[str, float] = {}
+        for text, r in zip(distinct, results, strict=True):
+            if isinstance(r, _Scored):
+                vals = [r.known[i] for i in range(r.first, len(r.ids)) if i in r.known]
+                r = sum(vals) / len(vals) if vals else float("-inf")
+            scores[text] = r
         return [scores[t] for t in continuations]
 
     def shutdown(self) -> None:
