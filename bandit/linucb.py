@@ -4,6 +4,13 @@ Per arm k: `A_k = lambda*I`, `b_k = 0`. Select `argmax_k theta_k.x + alpha*sqrt(
 with `theta_k = A_k^-1 b_k`; update the chosen arm with `A_k += x x'`, `b_k += r x`.
 `A_k^-1` is kept current with the Sherman-Morrison identity (one rank-1 update per step,
 never an inversion) and `theta_k` with the matching recursive-least-squares step.
+
+Warm start (`warmup`): until every enabled arm has been rewarded `warmup` times in the
+query's context region, the choice is uniform among the least-tried arms of that region, so
+every RM is seen on every kind of query before UCB trusts its estimates. A region is the
+largest of the first `regions` context features (a one-hot "kind of query" block); with
+`regions = 0` the whole context space is one region. Without it, an arm that earns a
+positive reward first keeps winning while the others sit at their prior of 0.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from laser.bandit.base import ArmSet, FloatArray, Selection, check_reward
-from laser.bandit.errors import InvalidInputError
+from laser.bandit.errors import InvalidInputError, NoArmsError
 
 
 def _same(a: FloatArray, b: FloatArray | None) -> bool:
@@ -47,6 +54,12 @@ class LinUCBConfig:
     argmax, so every arm keeps a non-zero propensity (for off-policy evaluation)."""
     seed: int = 0
     """Seeds tie-breaking and epsilon exploration."""
+    warmup: int = 0
+    """Rewarded tries each enabled arm gets per context region before UCB takes over
+    (0: none, plain LinUCB)."""
+    regions: int = 0
+    """The first `regions` context features are a one-hot region indicator (the largest one
+    names the region) that `warmup` counts by; 0: a single region."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
@@ -57,6 +70,12 @@ class LinUCBConfig:
             raise ValueError(f"ridge (lambda) must be finite and > 0, got {self.ridge!r}")
         if not (0.0 <= self.epsilon <= 1.0):
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon!r}")
+        for name in ("warmup", "regions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.regions > self.dim:
+            raise ValueError(f"regions ({self.regions}) cannot exceed dim ({self.dim})")
 
 
 class LinUCB(ArmSet):
@@ -77,6 +96,10 @@ class LinUCB(ArmSet):
         self._a_inv: FloatArray = np.zeros((0, d, d))
         self._b: FloatArray = np.zeros((0, d))
         self._theta: FloatArray = np.zeros((0, d))
+        # Rewarded tries per (arm, region), for the warm start.
+        self._region_pulls: npt.NDArray[np.int64] = np.zeros(
+            (0, max(1, config.regions)), dtype=np.int64
+        )
         self._rng = np.random.default_rng(config.seed)
         # A^-1 x per enabled arm from the last select(), reused when update() gets the same x.
         self._last_x: FloatArray | None = None
@@ -101,6 +124,9 @@ class LinUCB(ArmSet):
         self._a_inv = a_inv
         self._b = np.concatenate([self._b, np.zeros((len(names), d))])
         self._theta = np.concatenate([self._theta, np.zeros((len(names), d))])
+        self._region_pulls = np.concatenate(
+            [self._region_pulls, np.zeros((len(names), self._region_pulls.shape[1]), np.int64)]
+        )
         self._last_x = None
 
     # -- the algorithm ----------------------------------------------------------------------
@@ -117,10 +143,26 @@ class LinUCB(ArmSet):
             raise InvalidInputError("context contains NaN or inf (or is too large)")
         return arr
 
-    def select(self, x: npt.ArrayLike) -> Selection:
-        """Pick an enabled arm for context `x` (shape `(dim,)`)."""
+    def region(self, x: npt.ArrayLike) -> int:
+        """The warm-up region of context `x`: the index of the largest of its first `regions`
+        features (0 when `regions` is 0)."""
+        r = self.config.regions
+        return int(np.argmax(self._context(x)[:r])) if r else 0
+
+    def select(self, x: npt.ArrayLike, among: Iterable[str] | None = None) -> Selection:
+        """Pick an enabled arm for context `x` (shape `(dim,)`).
+
+        `among` restricts the choice to these enabled arms (e.g. those whose RM is healthy);
+        propensities are then over that subset. An empty or all-unknown subset raises
+        `NoArmsError`.
+        """
         ctx = self._context(x)
         idx = self._enabled_indices()
+        if among is not None:
+            allowed = {self.index(a) for a in among}
+            idx = [i for i in idx if i in allowed]
+            if not idx:
+                raise NoArmsError("none of the requested arms is enabled")
         if len(idx) == len(self._names):  # the common case: no copy of the (K, d, d) stack
             v = self._a_inv @ ctx  # (K, d): A_k^-1 x
             means = self._theta @ ctx
@@ -132,16 +174,22 @@ class LinUCB(ArmSet):
         self._last_x = ctx.copy()  # the caller may reuse its array before update()
         self._last_v = dict(zip(idx, v, strict=True))
 
-        best = max(ucb)
-        floor = best - _TIE_RTOL * max(1.0, abs(best))
-        ties = [j for j, u in enumerate(ucb) if u >= floor]
-        eps = self.config.epsilon
-        explored = eps > 0 and float(self._rng.random()) < eps
-        if explored:
-            pick = int(self._rng.integers(len(idx)))
+        warm = self._warming(ctx, idx)
+        if warm:
+            # Warm start: uniform among the arms least tried in this region.
+            pick = warm[int(self._rng.integers(len(warm)))] if len(warm) > 1 else warm[0]
+            propensity, explored = 1.0 / len(warm), True
         else:
-            pick = ties[0] if len(ties) == 1 else ties[int(self._rng.integers(len(ties)))]
-        propensity = eps / len(idx) + ((1 - eps) / len(ties) if pick in ties else 0.0)
+            best = max(ucb)
+            floor = best - _TIE_RTOL * max(1.0, abs(best))
+            ties = [j for j, u in enumerate(ucb) if u >= floor]
+            eps = self.config.epsilon
+            explored = eps > 0 and float(self._rng.random()) < eps
+            if explored:
+                pick = int(self._rng.integers(len(idx)))
+            else:
+                pick = ties[0] if len(ties) == 1 else ties[int(self._rng.integers(len(ties)))]
+            propensity = eps / len(idx) + ((1 - eps) / len(ties) if pick in ties else 0.0)
         names = [self._names[i] for i in idx]
         return Selection(
             arm=names[pick],
@@ -152,6 +200,18 @@ class LinUCB(ArmSet):
             widths=dict(zip(names, widths.tolist(), strict=True)),
             explored=explored,
         )
+
+    def _warming(self, ctx: FloatArray, idx: list[int]) -> list[int]:
+        """Positions in `idx` of the least-tried arms of `ctx`'s region while any enabled arm
+        there has fewer than `warmup` rewarded tries; empty once the region is warm."""
+        if self.config.warmup == 0:
+            return []
+        r = self.config.regions
+        counts = self._region_pulls[idx, int(np.argmax(ctx[:r])) if r else 0]
+        low = int(counts.min())
+        if low >= self.config.warmup:
+            return []
+        return [j for j, c in enumerate(counts.tolist()) if c == low]
 
     def update(self, arm: str, x: npt.ArrayLike, reward: float) -> None:
         """Credit `reward` to `arm` for context `x`: A += x x', b += r x (disabled arms too)."""
@@ -170,6 +230,8 @@ class LinUCB(ArmSet):
         # Recursive least squares, the matching theta step: theta += u (r - x.theta) / den.
         self._theta[k] += u * ((r - float(ctx @ self._theta[k])) / den)
         self._b[k] += r * ctx
+        reg = self.config.regions
+        self._region_pulls[k, int(np.argmax(ctx[:reg])) if reg else 0] += 1
         self._last_x = None
         self._last_v = {}
         self._record(k, r)
@@ -205,7 +267,12 @@ class LinUCB(ArmSet):
         """Everything needed to predict identically: JSON-able `meta` plus numpy `arrays`."""
         meta = {"kind": self.kind, "config": asdict(self.config), **self._arms_meta()}
         meta["rng"] = self._rng.bit_generator.state
-        arrays = {"a_inv": self._a_inv.copy(), "b": self._b.copy(), "theta": self._theta.copy()}
+        arrays = {
+            "a_inv": self._a_inv.copy(),
+            "b": self._b.copy(),
+            "theta": self._theta.copy(),
+            "region_pulls": self._region_pulls.copy(),
+        }
         return {"meta": meta, "arrays": arrays}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -221,6 +288,14 @@ class LinUCB(ArmSet):
         self._a_inv = np.array(arrays["a_inv"], dtype=np.float64)
         self._b = np.array(arrays["b"], dtype=np.float64)
         self._theta = np.array(arrays["theta"], dtype=np.float64)
+        regions = max(1, config.regions)
+        if "region_pulls" in arrays:  # absent in states saved before the warm start existed
+            pulls = np.array(arrays["region_pulls"], dtype=np.int64)
+            if pulls.shape != (k, regions):
+                raise ValueError(f"region_pulls has shape {pulls.shape}, expected {(k, regions)}")
+        else:
+            pulls = np.full((k, regions), config.warmup, dtype=np.int64)
+        self._region_pulls = pulls
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = meta["rng"]
         self._scratch = np.empty((config.dim, config.dim))

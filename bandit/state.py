@@ -8,7 +8,8 @@ File format `laser.bandit`, version 1 (numpy `.npz`, loaded with `allow_pickle=F
   object's `state_dict()["meta"]` (config, arm names, enabled flags, pull counts, reward
   sums, the generator's state).
 - one float64 array per entry of `state_dict()["arrays"]`; for LinUCB `a_inv` (K, d, d),
-  `b` (K, d) and `theta` (K, d), arms in the order of `meta["arms"]`.
+  `b` (K, d), `theta` (K, d) and `region_pulls` (K, max(1, regions)), int64: rewarded tries
+  per arm and warm-up region), arms in the order of `meta["arms"]`.
 
 Writes go to a temporary file that replaces the target atomically, so a crash leaves
 either the old file or the new one.

@@ -143,7 +143,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         own = services is None
         svc = load_services(settings) if services is None else services
         store = Store(settings.store_path)
-        featurizer = Featurizer(svc.encoder, settings.featurizer.dim, settings.featurizer.seed)
+        featurizer = Featurizer.from_settings(svc.encoder, settings.featurizer)
         rms = {
             spec.name: build_reward_model(spec, engine=svc.engine, encoder=svc.encoder)
             for spec in settings.reward_models
@@ -378,7 +378,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def bandit_predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         """What the bandit expects of each RM for this query, without choosing or logging."""
         reranker: Reranker = request.app.state.reranker
-        return await reranker.predict(body.prompt, body.document is not None)
+        return await reranker.predict(body.prompt, body.document is not None, body.task)
 
     @app.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
     async def metrics_route(request: Request) -> Response:

@@ -62,7 +62,16 @@ class EngineSettings(_Section):
 class FeaturizerSettings(_Section):
     kind: Literal["minilm"] = "minilm"
     model: str = Field("", description="sentence-encoder folder; empty = packaged MiniLM-L6")
-    dim: int = Field(64, ge=1, description="random projection of the embedding to this size")
+    context: Literal["kind", "projection"] = Field(
+        "kind",
+        description="`kind`: kind-of-query one-hot + embed_dims embedding directions + 3 "
+        "features (small, learnt in tens of rounds); `projection`: the embedding projected "
+        "to `dim` + 3 features (the earlier default)",
+    )
+    embed_dims: int = Field(
+        0, ge=0, description="kind context: embedding directions added (0: no encoder pass)"
+    )
+    dim: int = Field(64, ge=1, description="projection context: the embedding's projected size")
     seed: int = 0
 
 
@@ -70,6 +79,11 @@ class BanditSettings(_Section):
     alpha: float = Field(0.5, ge=0)
     ridge: float = Field(1.0, gt=0)
     epsilon: float = Field(0.05, ge=0, le=1)
+    warmup: int = Field(
+        2,
+        ge=0,
+        description="rewarded tries every RM gets per kind of query before UCB takes over",
+    )
     seed: int = 0
     snapshot_every: int = Field(100, ge=1, description="feedbacks between bandit snapshots")
 
@@ -83,12 +97,27 @@ class BreakerSettings(_Section):
 
 class RewardModelSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    kind: Literal["loglik", "agreement", "relevance", "hf", "vllm_pooling", "judge", "remote"]
+    kind: Literal[
+        "loglik",
+        "agreement",
+        "relevance",
+        "arith",
+        "grounding",
+        "hf",
+        "vllm_pooling",
+        "judge",
+        "remote",
+    ]
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 def default_reward_models() -> list[RewardModelSpec]:
+    """The embedded portfolio: two specialists (arithmetic verifier, grounding checker), an
+    LM judge as the generalist, and the likelihood, self-agreement and relevance scorers."""
     return [
+        RewardModelSpec(name="arith", kind="arith"),
+        RewardModelSpec(name="grounding", kind="grounding"),
+        RewardModelSpec(name="judge", kind="judge"),
         RewardModelSpec(name="loglik", kind="loglik"),
         RewardModelSpec(name="agreement", kind="agreement"),
         RewardModelSpec(name="relevance", kind="relevance"),

@@ -103,7 +103,13 @@ class Reranker:
         self.adapter: Adapter | None = None
         b = settings.bandit
         self.bandit_config = LinUCBConfig(
-            dim=featurizer.dim, alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, seed=b.seed
+            dim=featurizer.dim,
+            alpha=b.alpha,
+            ridge=b.ridge,
+            epsilon=b.epsilon,
+            seed=b.seed,
+            warmup=b.warmup,
+            regions=featurizer.regions,
         )
         self.bandit = LinUCB(self.bandit_config, list(self.reward_models))
         self._feedback_seq = 0
@@ -122,10 +128,17 @@ class Reranker:
             seq, blob = snap
             try:
                 state = from_bytes(blob)
-                if state["meta"]["config"]["dim"] != self.featurizer.dim:
-                    raise StateError("context dimension changed")
-                restored = LinUCB(LinUCBConfig(**state["meta"]["config"]))
+                saved = state["meta"]["config"]
+                if (saved["dim"], saved.get("regions", 0)) != (
+                    self.featurizer.dim,
+                    self.featurizer.regions,
+                ):
+                    raise StateError("the context changed (dimension or regions)")
+                restored = LinUCB(LinUCBConfig(**saved))
                 restored.load_state_dict(state)
+                # What was learnt comes from the snapshot; alpha, epsilon and warm-up from
+                # today's settings, so an operator's change takes effect on restart.
+                restored.config = self.bandit_config
                 self.bandit, after = restored, seq
             except (StateError, KeyError, TypeError, ValueError) as exc:
                 log.warning("bandit snapshot unusable (%s): replaying all feedback", exc)
@@ -175,20 +188,9 @@ class Reranker:
     def _select(self, x: np.ndarray) -> Selection:
         """The bandit's choice among enabled arms whose circuit is not open (all of them if
         every one is open). Propensities are over the arms actually eligible."""
-        out = [
-            a
-            for a in self.bandit.enabled_arms
-            if a in self.breakers and not self.breakers[a].available()
-        ]
-        if len(out) == len(self.bandit.enabled_arms):
-            out = []
-        for a in out:  # on the loop, no await in between: nobody sees the toggled state
-            self.bandit.disable_arm(a)
-        try:
-            return self.bandit.select(x)
-        finally:
-            for a in out:
-                self.bandit.enable_arm(a)
+        enabled = self.bandit.enabled_arms
+        healthy = [a for a in enabled if a not in self.breakers or self.breakers[a].available()]
+        return self.bandit.select(x, among=healthy or enabled)
 
     def faults(self) -> list[str]:
         """Current faults, one line each; empty when healthy (`/health` status `ok`)."""
@@ -310,7 +312,7 @@ class Reranker:
         async def featurize() -> np.ndarray:
             t = time.perf_counter()
             x = await asyncio.to_thread(
-                self.featurizer.features, prep.question, bool(prep.documents)
+                self.featurizer.features, prep.question, bool(prep.documents), req.task
             )
             timings["featurize"] = time.perf_counter() - t
             return x
@@ -538,8 +540,10 @@ class Reranker:
             log.warning("warm-up failed: %s", exc)
         log.info("warm-up done in %.1f s", time.perf_counter() - t)
 
-    async def predict(self, question: str, has_document: bool) -> dict[str, object]:
-        x = await asyncio.to_thread(self.featurizer.features, question, has_document)
+    async def predict(
+        self, question: str, has_document: bool, task: str | None = None
+    ) -> dict[str, object]:
+        x = await asyncio.to_thread(self.featurizer.features, question, has_document, task)
         return {"arms": self.bandit.predict(x)}
 
     async def snapshot(self) -> None:
@@ -575,6 +579,9 @@ class Reranker:
                 "alpha": self.bandit.config.alpha,
                 "ridge": self.bandit.config.ridge,
                 "epsilon": self.bandit.config.epsilon,
+                "warmup": self.bandit.config.warmup,
+                "regions": self.bandit.config.regions,
+                "context": self.featurizer.context,
             },
             "feedback_seq": self._feedback_seq,
         }

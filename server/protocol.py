@@ -127,3 +127,4 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1)
     document: str | None = None
+    task: str | None = Field(None, max_length=64)

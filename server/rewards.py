@@ -8,6 +8,16 @@ Built-in (the embedded default), chosen to judge differently so that choosing ma
   when the request gives one. Favours the majority answer.
 - `relevance`: embedding similarity of the candidate to the question and, for QA, to the
   best-matching chunk of the document(s). Favours on-topic, grounded text.
+- `arith`: an arithmetic verifier (`verifiers.check_arithmetic`): recomputes the arithmetic a
+  candidate states and checks that its final number follows from a correct step. Favours
+  worked answers whose steps are right; with nothing to check, candidates tie.
+- `grounding`: a grounding checker for document QA (`verifiers.grounding`): the share of the
+  candidate's new words found in the passages that best match the question (BM25). Favours
+  answers the documents support; without documents, candidates tie.
+- `judge`: the serving LM asked whether the answer is correct (log p(Yes) - log p(No)). The
+  generalist.
+
+Ties (equal scores) go to the lowest candidate index, i.e. the first sample.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from laser.server import answers
+from laser.server import answers, verifiers
 from laser.server.config import RewardModelSpec
 from laser.server.engine import Engine
 from laser.server.featurize import SentenceEncoder
@@ -120,6 +130,30 @@ class RelevanceRM:
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
         return await asyncio.to_thread(self._score, query, responses)
+
+
+class ArithmeticVerifierRM:
+    kind = "arith"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        return [verifiers.check_arithmetic(query.question, r).score for r in responses]
+
+
+class GroundingRM:
+    kind = "grounding"
+
+    def __init__(self, name: str, top_k: int = 3) -> None:
+        self.name, self.top_k = name, top_k
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        if not query.documents:  # nothing to ground in: every candidate ties
+            return [0.0 for _ in responses]
+        return await asyncio.to_thread(
+            verifiers.grounding, query.question, query.documents, responses, self.top_k
+        )
 
 
 def normalized_mean(score_lists: Sequence[Sequence[float]]) -> list[float]:
@@ -348,6 +382,10 @@ def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: Senten
         return RelevanceRM(spec.name, encoder, **opts)
     if spec.kind == "judge":
         return JudgeRM(spec.name, engine)
+    if spec.kind == "arith":
+        return ArithmeticVerifierRM(spec.name)
+    if spec.kind == "grounding":
+        return GroundingRM(spec.name, **opts)
     if spec.kind == "remote":
         if "url" not in opts:
             raise ValueError("a `remote` reward model needs options.url")

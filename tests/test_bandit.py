@@ -274,7 +274,7 @@ def test_state_file_holds_no_pickle_and_documents_itself(tmp_path) -> None:  # t
     path = tmp_path / "bandit.npz"
     save_state(path, _trained())
     with np.load(path, allow_pickle=False) as npz:
-        assert set(npz.files) == {"__meta__", "a_inv", "b", "theta"}
+        assert set(npz.files) == {"__meta__", "a_inv", "b", "theta", "region_pulls"}
         meta = json.loads(npz["__meta__"].tobytes())
     assert meta["format"] == "laser.bandit" and meta["version"] == 1
     assert meta["kind"] == "linucb" and meta["config"]["dim"] == 6
@@ -389,3 +389,49 @@ def test_percentile_squash_state(tmp_path) -> None:  # type: ignore[no-untyped-d
     back = load_squash(tmp_path / "q.npz")
     assert len(back) == 10 and back.window == 10
     assert back(12.5) == squash(12.5)
+
+
+def test_warm_start_tries_every_arm_per_region_before_ucb() -> None:
+    """warmup=2 over 2 regions (one-hot in the first 2 features): each of 3 arms gets exactly
+    2 rewarded tries in each region before UCB chooses, with honest propensities."""
+    cfg = LinUCBConfig(dim=3, alpha=0.5, warmup=2, regions=2, seed=1)
+    bandit = LinUCB(cfg, ["a", "b", "c"])
+    xs = {0: np.array([1.0, 0.0, 1.0]), 1: np.array([0.0, 1.0, 1.0])}
+    for region, x in xs.items():
+        seen = []
+        for step in range(6):
+            sel = bandit.select(x)
+            left = 3 - step % 3  # least-tried arms left in this round of the warm-up
+            assert sel.explored and sel.propensity == pytest.approx(1.0 / left)
+            # "a" always pays, so plain LinUCB would keep picking it after the first win.
+            bandit.update(sel.arm, x, 1.0 if sel.arm == "a" else 0.0)
+            seen.append(sel.arm)
+        assert sorted(seen) == ["a", "a", "b", "b", "c", "c"], region
+        assert bandit.region(x) == region
+    after = bandit.select(xs[0])
+    assert not after.explored and after.arm == "a"
+
+
+def test_warm_start_counts_survive_save_and_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bandit = LinUCB(LinUCBConfig(dim=2, warmup=1, regions=2), ["a", "b"])
+    x = np.array([1.0, 0.0])
+    bandit.update(bandit.select(x).arm, x, 1.0)
+    save_state(tmp_path / "s.npz", bandit)
+    again = load_selector(tmp_path / "s.npz")
+    assert isinstance(again, LinUCB)
+    # One arm tried in region 0: the next pick is the other one, in both copies.
+    assert again.select(x).arm == bandit.select(x).arm
+    assert again.select(x).propensity == 1.0
+
+
+def test_select_among_a_subset_of_arms() -> None:
+    bandit = LinUCB(LinUCBConfig(dim=1, alpha=0.0, epsilon=0.5, seed=0), ["a", "b", "c"])
+    x = np.ones(1)
+    bandit.update("a", x, 1.0)
+    for _ in range(20):
+        sel = bandit.select(x, among=["b", "c"])
+        assert sel.arm in {"b", "c"} and set(sel.expectations) == {"b", "c"}
+    with pytest.raises(NoArmsError):
+        bandit.select(x, among=[])
+    with pytest.raises(ValueError):
+        LinUCBConfig(dim=2, regions=3)

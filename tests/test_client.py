@@ -12,6 +12,9 @@ import pytest
 
 import laser.client as lc
 from laser.client import AsyncClient, Client
+from laser.server.config import default_reward_models
+
+DEFAULT_RMS = {spec.name for spec in default_reward_models()}
 
 OK_GENERATE = {
     "id": "gen-1",
@@ -172,7 +175,7 @@ def test_end_to_end_against_the_real_server(server: Any) -> None:
         with pytest.raises(lc.UnprocessableEntityError) as info:
             c.feedback(result.id, 2.0)
         assert info.value.param == "reward"
-        assert set(c.reward_models()) == {"loglik", "agreement", "relevance"}
+        assert set(c.reward_models()) == DEFAULT_RMS
 
     async def run() -> None:
         async with AsyncClient(server.url) as ac:

@@ -168,7 +168,7 @@ def test_sigkill_under_concurrent_feedback_then_sigterm_drains(tmp_path: Path) -
             LinUCBConfig(
                 dim=cfg["dim"], alpha=cfg["alpha"], ridge=cfg["ridge"], epsilon=cfg["epsilon"]
             ),
-            ["loglik", "agreement", "relevance"],
+            list(summary["arms"]),
         )
         for _, _, reward, arm, context in rows:
             replay.update(arm, np.frombuffer(context), reward)

@@ -29,9 +29,12 @@ from typing import Any
 import httpx
 import pytest
 
+from laser.server.config import default_reward_models
 from laser.server.engine import EngineError
 from tests.conftest import ROOT, LiveServer, LoopThread, make_settings
 from tests.test_serving import assert_error
+
+DEFAULT_RMS = {spec.name for spec in default_reward_models()}
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -543,7 +546,7 @@ def test_model_paths_over_the_api_are_confined(start_server: Any, tmp_path: Path
         # Inside a root but no model there: a clear 400, not a 500.
         r = httpx.post(url, json={"name": "s", "kind": "hf", "options": {"path": str(models)}})
         assert_error(r, 400, "options")
-        assert set(httpx.get(url).json()) == {"loglik", "agreement", "relevance"}
+        assert set(httpx.get(url).json()) == DEFAULT_RMS
     finally:
         live.stop()
 

@@ -9,7 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from laser.server.config import default_reward_models
 from tests.conftest import LiveServer, make_settings
+
+DEFAULT_RMS = {spec.name for spec in default_reward_models()}
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -40,7 +43,7 @@ def test_generate_best_of_n_on_the_embedded_default(server: LiveServer) -> None:
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["reward_model"] in {"loglik", "agreement", "relevance"}
+    assert body["reward_model"] in DEFAULT_RMS
     assert body["selection"] == "bandit" and 0 < body["propensity"] <= 1
     assert body["model"] == "SmolLM2-135M-Instruct"
     cands = body["candidates"]
@@ -53,7 +56,7 @@ def test_generate_best_of_n_on_the_embedded_default(server: LiveServer) -> None:
     assert {"featurize", "generate", "select", "score", "store", "total"} <= set(body["timings_ms"])
 
 
-@pytest.mark.parametrize("rm", ["loglik", "agreement", "relevance"])
+@pytest.mark.parametrize("rm", sorted(DEFAULT_RMS))
 def test_each_builtin_rm_scores_every_candidate(server: LiveServer, rm: str) -> None:
     r = post(
         server,
@@ -186,7 +189,7 @@ def test_health_and_metrics(server: LiveServer) -> None:
     post(server, "/generate", {"prompt": "Hi", "n": 1, "max_tokens": 2})
     health = httpx.get(server.url + "/health").json()
     assert health["model"] == "SmolLM2-135M-Instruct"
-    assert set(health["reward_models"]) == {"loglik", "agreement", "relevance"}
+    assert set(health["reward_models"]) == DEFAULT_RMS
     assert health["counts"]["decisions"] >= 1
     text = httpx.get(server.url + "/metrics").text
     assert 'laser_requests_total{route="/generate",status="200"}' in text

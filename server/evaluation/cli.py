@@ -1,6 +1,7 @@
 """`laser-server eval`: flags, then the harness. Heavy imports happen inside `run`.
 
-laser-server eval                                   # every built-in task, the embedded default
+laser-server eval --pilot                           # 10 items per task: anything to select?
+laser-server eval                                   # every built-in task, 200 items each
 laser-server eval --tasks math,qa --items 40 --n 8
 laser-server eval --prompts my.jsonl --tasks ""     # only your data
 """
@@ -34,13 +35,32 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--tasks", default="all", help="comma-separated tasks/suites (default all)")
-    p.add_argument("--items", type=int, default=30, help="items per built-in task (default 30)")
+    p.add_argument("--items", type=int, help="items per built-in task (default 200; pilot 10)")
     p.add_argument("--prompts", help="your JSONL: prompt, reference, optional document(s), task")
     p.add_argument("--n", type=int, default=8, help="candidates per item (default 8)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per candidate (default 64)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--orderings", type=int, default=3, help="seeded item orders (default 3)")
+    p.add_argument(
+        "--orderings", type=int, default=20, help="seeded orders of the stream split (default 20)"
+    )
+    p.add_argument(
+        "--heldout-share",
+        type=float,
+        default=0.5,
+        help="share of each task's items held out for scoring (default 0.5)",
+    )
+    p.add_argument(
+        "--task-items",
+        default="",
+        help="items for particular tasks, e.g. gpqa=100 (default: --items for every task)",
+    )
+    p.add_argument(
+        "--pilot",
+        action="store_true",
+        help="only the per-task RM table (pilot.md): is there anything to select? "
+        "(default --items 10)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval-report", help="report folder (default eval-report)")
     p.add_argument(
@@ -86,9 +106,20 @@ def run(args: argparse.Namespace) -> None:
         settings = load_settings(args.config, **overrides)
         # Only the user's data when --prompts is given and --tasks is left at its default.
         tasks_spec = "" if args.prompts and args.tasks == "all" else args.tasks
+        # GPQA diamond has 198 questions: 100 unless said otherwise.
+        task_items = {"gpqa": 100} if args.items is None and not args.pilot else {}
+        for part in filter(None, (x.strip() for x in args.task_items.split(","))):
+            name, _, count = part.partition("=")
+            if not count.isdigit():
+                raise ValueError(f"--task-items wants task=count pairs, got {part!r}")
+            task_items[name.strip()] = int(count)
+        items = args.items if args.items is not None else (10 if args.pilot else 200)
         config = EvalConfig(
             tasks=expand_tasks(tasks_spec),
-            items_per_task=args.items,
+            items_per_task=items,
+            task_items=task_items,
+            heldout_share=args.heldout_share,
+            pilot=args.pilot,
             prompts_file=args.prompts,
             n=args.n,
             max_tokens=args.max_tokens,
@@ -141,8 +172,20 @@ def run(args: argparse.Namespace) -> None:
         report = asyncio.run(main())
     except (DataError, EvalError) as exc:
         sys.exit(f"laser-server eval: {exc}")
+    wall = time.perf_counter() - start
+    if config.pilot:
+        from laser.server.evaluation.report import pilot_markdown
+
+        print(pilot_markdown(report))
+        print(f"wall time {wall:.0f} s; table in {args.out}/pilot.md")
+        return
     s = report["strategies"]
-    print(f"\nwall time {time.perf_counter() - start:.0f} s; report in {args.out}/report.md")
-    for name in ("laser", f"rm:{report['best_single_rm']}", "ensemble_mean", "oracle"):
-        o = s[name]["overall"]
-        print(f"  {s[name]['label']:<34} {100 * o['mean']:5.1f} ± {100 * o['std']:.1f}")
+    print(f"\nwall time {wall:.0f} s; report in {args.out}/report.md")
+    print("held-out, headline mean over " + ", ".join(report["headline_tasks"]) + ":")
+    for name in ("laser", "best_single", "ensemble_mean", "ensemble_vote", "oracle"):
+        ci = report["ci"].get(name)
+        extra = ""
+        if ci:
+            lo, hi = 100 * ci["lo"], 100 * ci["hi"]
+            extra = f"   LASeR minus it {100 * ci['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+        print(f"  {s[name]['label']:<48} {100 * s[name]['heldout']:5.1f}{extra}")

@@ -38,12 +38,7 @@ from laser.server.evaluation import data as eval_data
 from laser.server.evaluation.metrics import KIND_TASK, grade, item_kind
 from laser.server.evaluation.strategies import (
     LaserSettings,
-    Run,
     Table,
-    orderings,
-    run_all,
-    run_fixed,
-    run_laser,
 )
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.protocol import GenerateRequest
@@ -59,7 +54,7 @@ class EvalConfig:
     """What to evaluate and how. Invalid values raise `ValueError`.
 
     >>> EvalConfig(tasks=["arithmetic", "longqa"], items_per_task=30, n=8).orderings
-    3
+    20
     """
 
     tasks: list[str] = field(default_factory=lambda: list(eval_data.TASKS))
@@ -71,8 +66,17 @@ class EvalConfig:
     max_tokens: int = 64
     temperature: float = 0.8
     top_p: float = 1.0
-    orderings: int = 3
-    """Seeded random item orders the online strategies run over (mean and spread)."""
+    orderings: int = 20
+    """Seeded orders of the stream split that LASeR learns over (mean and spread)."""
+    heldout_share: float = 0.5
+    """Share of each task's items held out: scored with LASeR's bandit frozen, never used to
+    choose anything."""
+    off_headline: tuple[str, ...] = ("gpqa",)
+    """Tasks reported but left out of the headline mean (GPQA is chance at 135M)."""
+    task_items: dict[str, int] = field(default_factory=dict)
+    """Items for particular tasks instead of `items_per_task` (e.g. {"gpqa": 100})."""
+    pilot: bool = False
+    """Only the per-task RM table (is there anything to select?), no strategies."""
     seed: int = 0
     """Seeds item sampling, orderings, LinUCB and the random-RM baseline."""
     greedy: bool = True
@@ -82,8 +86,11 @@ class EvalConfig:
     """The RM added midway through the stream; default: the best single RM in hindsight."""
     concurrency: int = 8
     """Items whose generation runs at once (vLLM batches them)."""
-    alphas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
-    """LinUCB widths for the sensitivity sweep (the headline uses the settings' alpha)."""
+    alphas: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    """LinUCB widths of the settings ablation (on the stream; the headline uses the
+    settings' alpha)."""
+    ablation_warmups: tuple[int, ...] = (0, 1, 2, 4)
+    """Warm-up tries per RM and kind of query in the settings ablation."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -92,6 +99,11 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.tasks and not self.prompts_file:
             raise ValueError("nothing to evaluate: give tasks and/or a prompts file")
+        if not 0 < self.heldout_share < 1:
+            raise ValueError(f"heldout_share must be in (0, 1), got {self.heldout_share}")
+        for task, count in self.task_items.items():
+            if count < 1:
+                raise ValueError(f"items for {task} must be >= 1, got {count}")
         if not (0 <= self.temperature <= 2 and 0 < self.top_p <= 1):
             raise ValueError("temperature must be in [0, 2] and top_p in (0, 1]")
         unknown = [t for t in self.tasks if t not in eval_data.TASKS]
@@ -191,12 +203,31 @@ class NoiseRM:
         return out
 
 
+class _MemoEncoder:
+    """A sentence encoder that embeds each distinct text once (the ablation's contexts all
+    start from the same embeddings)."""
+
+    def __init__(self, encoder: SentenceEncoder) -> None:
+        self.encoder, self.dim = encoder, encoder.dim
+        self._seen: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        todo = [x for x in dict.fromkeys(texts) if x not in self._seen]
+        if todo:
+            for x, v in zip(todo, self.encoder.encode(todo), strict=True):
+                self._seen[x] = v
+        if not texts:
+            return np.zeros((0, self.dim))
+        return np.stack([self._seen[x] for x in texts])
+
+
 # -- collection -------------------------------------------------------------------------------
 def load_items(config: EvalConfig) -> list[tuple[str, PromptItem]]:
     """(task name, item) for every built-in task and the user's JSONL."""
     out: list[tuple[str, PromptItem]] = []
     for k, task in enumerate(config.tasks):
-        for item in eval_data.build_task(task, config.items_per_task, seed=config.seed + k):
+        count = config.task_items.get(task, config.items_per_task)
+        for item in eval_data.build_task(task, count, seed=config.seed + k):
             out.append((task, item))
     if config.prompts_file:
         for item in load_prompts(config.prompts_file, require_reference=True):
@@ -250,7 +281,7 @@ async def collect(
     from laser.server.store import Store
 
     stats: dict[str, Any] = {"engine_generate_calls": 0, "rm_score_calls": 0}
-    featurizer = Featurizer(encoder, settings.featurizer.dim, settings.featurizer.seed)
+    featurizer = Featurizer.from_settings(encoder, settings.featurizer)
     if reward_models is None:
         reward_models = {
             spec.name: build_reward_model(spec, engine=engine, encoder=encoder)
@@ -435,9 +466,24 @@ async def collect(
         ge = np.array([gr.exact for gr in grades])
 
     t0 = time.perf_counter()
-    contexts = featurizer.features_batch(
-        [it.question for it in items], [bool(it.documents) for it in items]
-    )
+    questions = [it.question for it in items]
+    has_doc = [bool(it.documents) for it in items]
+    hints = [it.query.task for it in items]
+    memo = _MemoEncoder(encoder)
+    featurizer = Featurizer.from_settings(memo, settings.featurizer)  # type: ignore[arg-type]
+    contexts = featurizer.features_batch(questions, has_doc, hints)
+    # The contexts the settings ablation compares (the serving one is `features`).
+    fs = settings.featurizer
+    variants = {
+        "kind": Featurizer(None, context="kind"),
+        "kind+emb4": Featurizer(memo, seed=fs.seed, context="kind", embed_dims=4),  # type: ignore[arg-type]
+        "kind+emb16": Featurizer(memo, seed=fs.seed, context="kind", embed_dims=16),  # type: ignore[arg-type]
+        "projection64": Featurizer(memo, 64, fs.seed, context="projection"),  # type: ignore[arg-type]
+    }
+    context_variants = {
+        name: (f.features_batch(questions, has_doc, hints), f.regions)
+        for name, f in variants.items()
+    }
     stats["featurize_seconds"] = time.perf_counter() - t0
     stats["cache_hits"], stats["cache_misses"] = cache.hits, cache.misses
     table = Table(
@@ -449,170 +495,243 @@ async def collect(
         greedy_quality=gq,
         greedy_exact=ge,
         score_seconds=seconds,
+        regions=featurizer.regions,
+        context_variants=context_variants,
     )
     return Collected(items, [g for g, _ in gens], greedy, table, noise, stats)
 
 
 # -- the whole evaluation ---------------------------------------------------------------------
-def analyse(
-    col: Collected, config: EvalConfig, settings: Settings
-) -> tuple[dict[str, Any], dict[str, list[Run]]]:
-    """Run every strategy, the robustness checks and the alpha sweep over collected data."""
+def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str, Any]:
+    """The stream / held-out protocol (`protocol.py`): LASeR learns on the stream, every
+    strategy is scored on the held-out split; CIs, regret, RM shares, cost, robustness and the
+    settings ablation."""
+    from laser.server.evaluation import protocol as pr
     from laser.server.evaluation import report as rep
 
     t = col.table
     tasks = t.tasks
-    n_items = len(tasks)
-    orders = orderings(n_items, config.orderings, config.seed)
+    keep = [task for task in dict.fromkeys(tasks) if task not in config.off_headline] or list(
+        dict.fromkeys(tasks)
+    )
+    split = pr.split_items(tasks, config.heldout_share, config.seed)
+    orders = pr.stream_orders(split, config.orderings, config.seed)
+    held = split.heldout
     b = settings.bandit
-    laser = LaserSettings(alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon)
+    laser = LaserSettings(alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, warmup=b.warmup)
+
     with _progress(1, "strategies", config.progress) as bar:
-        runs = run_all(t, orders, config.seed, laser)
+        lr = pr.run_laser_split(t, split, orders, config.seed, laser, keep)
+        values, chosen = pr.heldout_values(t, split, lr.heldout, keep)
         bar.update(1)
-    summary = rep.summarise(runs, tasks)
-    singles = {r: summary[f"rm:{r}"]["overall"]["mean"] for r in t.rms}
-    best_single = max(singles, key=lambda r: singles[r])
-    fixed = {r: run_fixed(t, r) for r in t.rms}
-    best_per_task = {
-        task: max(t.rms, key=lambda r: rep.task_means(fixed[r], tasks)[task])
-        for task in dict.fromkeys(tasks)
+    seconds = {rm: t.score_seconds.get(rm, np.zeros(len(tasks))) for rm in t.rms}
+    laser_ms = 1000 * float(
+        np.mean(
+            [
+                np.mean([seconds[a][i] for i, a in zip(held, arms, strict=True)])
+                for arms in lr.heldout_arms
+            ]
+        )
+    )
+    all_ms = {rm: 1000 * float(seconds[rm][held].mean()) for rm in t.rms}
+    cost = {
+        "laser": laser_ms,
+        "random_rm": float(np.mean(list(all_ms.values()))),
+        "best_single": all_ms[chosen["best_single_rm"]],
+        **{f"rm:{rm}": ms for rm, ms in all_ms.items()},
+        "ensemble_mean": sum(all_ms.values()),
+        "ensemble_vote": sum(all_ms.values()),
     }
-    laser_mean = summary["laser"]["overall"]["mean"]
-    ens = summary["ensemble_mean"]
-    headline = {
-        "laser_minus_best_single": round(laser_mean - singles[best_single], 4),
-        "laser_minus_ensemble": round(laser_mean - ens["overall"]["mean"], 4),
-        "laser_cost_share_of_ensemble": round(
-            summary["laser"]["rm_ms_per_item"] / max(ens["rm_ms_per_item"], 1e-9), 4
-        ),
+    calls = {
+        **{n: 1 for n in ("laser", "random_rm", "best_single", *(f"rm:{r}" for r in t.rms))},
+        "ensemble_mean": len(t.rms),
+        "ensemble_vote": len(t.rms),
+        "first_sample": 0,
+        "greedy": 0,
+    }
+    strategies: dict[str, Any] = {}
+    for name, v in values.items():
+        strategies[name] = {
+            "label": rep.label(name, chosen),
+            "heldout": round(pr.macro(v, held, tasks, keep), 4),
+            "heldout_all_tasks": round(pr.macro(v, held, tasks, list(dict.fromkeys(tasks))), 4),
+            "per_task": {k: round(x, 4) for k, x in pr.per_task(v, held, tasks).items()},
+            "stream": round(pr.macro(v, split.stream, tasks, keep), 4),
+            "rm_calls_per_item": calls.get(name),
+            "rm_ms_per_item": None if name not in cost else round(cost[name], 2),
+        }
+    strategies["laser"]["heldout_orderings"] = rep.stats(lr.heldout_macro)
+    strategies["laser"]["stream"] = round(float(np.mean(lr.stream_macro)), 4)
+    strategies["laser"]["stream_orderings"] = rep.stats(lr.stream_macro)
+    baselines = [n for n in values if n not in ("laser", "oracle", "oracle_rm_query")]
+    ci = {
+        n: pr.paired_bootstrap(values["laser"] - values[n], held, tasks, keep, seed=config.seed)
+        for n in baselines
     }
 
-    robustness: dict[str, Any] = {}
-    base_tables = {"base": t}
-    if col.noise_scores is not None:
-        noisy = t.with_scores({"noise": col.noise_scores}, {"noise": np.zeros(n_items)})
-        base_tables["noise"] = noisy
-        noise_runs = run_all(noisy, orders, config.seed, laser)
-        robustness["noise"] = {}
-        for name in rep.ordered(list(runs)):
-            if name in rep.REFERENCE_ROWS or name not in noise_runs:
-                continue
-            without = float(np.mean([rep.macro(r, tasks) for r in runs[name]]))
-            with_ = float(np.mean([rep.macro(r, tasks) for r in noise_runs[name]]))
-            robustness["noise"][name] = {
-                "without": round(without, 4),
-                "with": round(with_, 4),
-                "change": round(with_ - without, 4),
-            }
-        robustness["noise"]["rm:noise"] = {
-            "without": None,
-            "with": round(float(np.mean([rep.macro(r, tasks) for r in noise_runs["rm:noise"]])), 4),
-            "change": None,
+    # Along the stream: regret against the best RM per task (chosen on the stream), and which
+    # RM LASeR used for each task as the stream went on.
+    ref = np.array([values["oracle_rm_task"][o] for o in orders])
+    single = np.array([values["best_single"][o] for o in orders])
+    rnd = np.array([values["random_rm"][o] for o in orders])
+    regret = {
+        "laser": pr.regret_curve(lr.stream_steps, ref),
+        "random_rm": pr.regret_curve(rnd, ref),
+        "best_single": pr.regret_curve(single, ref),
+    }
+    per_task_stream = len(split.stream) // max(1, len(dict.fromkeys(tasks)))
+    window = max(5, per_task_stream // 10)
+    shares = pr.shares_over_time(t, orders, lr.stream_arms, window)
+    usage = {
+        task: {rm: float(np.mean(v)) for rm, v in by_rm.items()} for task, by_rm in shares.items()
+    }
+    heldout_usage: dict[str, dict[str, float]] = {}
+    arr = np.asarray(tasks)
+    for task in dict.fromkeys(tasks):
+        pos = [j for j, i in enumerate(held) if arr[i] == task]
+        heldout_usage[task] = {
+            rm: round(float(np.mean([[arms[j] == rm for j in pos] for arms in lr.heldout_arms])), 4)
+            for rm in t.rms
         }
 
-    # An RM joining half-way: the best single RM (does LASeR pick it up?) and, when there is
-    # one, the noise RM (does LASeR leave it alone?).
-    late = [config.late_rm or best_single]
-    if col.noise_scores is not None and "noise" not in late:
+    robustness: dict[str, Any] = {}
+    tables = {"base": t}
+    if col.noise_scores is not None:
+        noisy = t.with_scores({"noise": col.noise_scores}, {"noise": np.zeros(len(tasks))})
+        tables["noise"] = noisy
+        nlr = pr.run_laser_split(noisy, split, orders, config.seed, laser, keep)
+        nvalues, nchosen = pr.heldout_values(noisy, split, nlr.heldout, keep)
+        robustness["noise"] = {
+            n: {
+                "without": round(pr.macro(values[n], held, tasks, keep), 4),
+                "with": round(pr.macro(nvalues[n], held, tasks, keep), 4),
+                "change": round(
+                    pr.macro(nvalues[n], held, tasks, keep)
+                    - pr.macro(values[n], held, tasks, keep),
+                    4,
+                ),
+            }
+            for n in ("laser", "random_rm", "best_single", "ensemble_mean", "ensemble_vote")
+        }
+        robustness["noise"]["rm:noise"] = {
+            "without": None,
+            "with": round(pr.macro(nvalues["rm:noise"], held, tasks, keep), 4),
+            "change": None,
+        }
+        robustness["noise_laser_share"] = round(
+            float(np.mean([[a == "noise" for a in arms] for arms in nlr.stream_arms])), 4
+        )
+        robustness["noise_best_single"] = nchosen["best_single_rm"]
+    late = [config.late_rm or chosen["best_single_rm"]]
+    if "noise" in tables:
         late.append("noise")
-    at = n_items // 2
-    window = max(1, n_items // 12)
+    at = len(split.stream) // 2
     midway = []
     for rm in late:
-        table = base_tables["noise"] if rm == "noise" else t
+        table = tables["noise"] if rm == "noise" else t
         if rm not in table.rms:
             raise ValueError(f"late_rm {rm!r} is not one of the RMs {t.rms}")
         if len(table.rms) < 2:
             continue
-        mids, starts, nevers = [], [], []
-        for k, order in enumerate(orders):
-            s = config.seed * 1000 + k
-            mids.append(run_laser(table, order, s, laser, add_midway=(rm, at)))
-            starts.append(run_laser(table, order, s, laser))
-            others = [r for r in table.rms if r != rm]
-            nevers.append(run_laser(table, order, s, laser, rms=others))
-
-        def second_half(rs: list[Run]) -> float:
-            return float(np.mean([r.quality[r.order[at:]].mean() for r in rs]))
-
-        after = [[r.arms[i] == rm for i in r.order[at:]] for r in mids]
-        last_q = [[r.arms[i] == rm for i in r.order[(3 * n_items) // 4 :]] for r in mids]
+        mid = pr.run_laser_split(
+            table, split, orders, config.seed, laser, keep, add_midway=(rm, at)
+        )
+        start = nlr if rm == "noise" else lr
+        never = pr.run_laser_split(
+            table, split, orders, config.seed, laser, keep, rms=[r for r in table.rms if r != rm]
+        )
+        q = (3 * len(split.stream)) // 4
         midway.append(
             {
                 "rm": rm,
                 "added_at": at,
-                "window": window,
-                "share_after": round(float(np.mean([np.mean(a) for a in after])), 4),
-                "share_last_quarter": round(float(np.mean([np.mean(a) for a in last_q])), 4),
-                "share_by_window": [
-                    round(float(v), 4)
-                    for v in np.mean([rep.share_by_window(r, rm, window) for r in mids], axis=0)
-                ],
-                "second_half": {
-                    "midway": round(second_half(mids), 4),
-                    "from_start": round(second_half(starts), 4),
-                    "never": round(second_half(nevers), 4),
+                "share_after": round(
+                    float(np.mean([[a == rm for a in arms[at:]] for arms in mid.stream_arms])), 4
+                ),
+                "share_last_quarter": round(
+                    float(np.mean([[a == rm for a in arms[q:]] for arms in mid.stream_arms])), 4
+                ),
+                "heldout": {
+                    "midway": round(float(np.mean(mid.heldout_macro)), 4),
+                    "from_start": round(float(np.mean(start.heldout_macro)), 4),
+                    "never": round(float(np.mean(never.heldout_macro)), 4),
                 },
             }
         )
     robustness["midway"] = midway
 
-    sweep = {}
-    for alpha in config.alphas:
-        cfg = LaserSettings(alpha=alpha, ridge=b.ridge, epsilon=b.epsilon)
-        vals = [
-            rep.macro(run_laser(t, o, config.seed * 1000 + k, cfg), tasks)
-            for k, o in enumerate(orders)
-        ]
-        sweep[str(alpha)] = rep.stats(vals)
-    bias = LaserSettings(alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, context="bias")
-    ablation = {
-        "features": summary["laser"]["overall"],
-        "bias": rep.stats(
-            [
-                rep.macro(run_laser(t, o, config.seed * 1000 + k, bias), tasks)
-                for k, o in enumerate(orders)
-            ]
-        ),
-    }
+    with _progress(1, "settings ablation (stream only)", config.progress) as bar:
+        grid = pr.ablation(
+            t,
+            orders,
+            config.seed,
+            laser,
+            keep,
+            contexts=["features", *t.context_variants, "bias"],
+            warmups=config.ablation_warmups,
+            alphas=config.alphas,
+        )
+        bar.update(1)
 
-    curve_rows = ["laser", "random_rm", f"rm:{best_single}", "ensemble_mean", "oracle"]
     task_info = {}
     for task in dict.fromkeys(tasks):
         kinds = {it.kind for it in col.items if it.task == task}
         task_info[task] = {
             "items": sum(1 for x in tasks if x == task),
+            "stream": int(sum(1 for i in split.stream if tasks[i] == task)),
+            "heldout": int(sum(1 for i in held if tasks[i] == task)),
             "metric": "F1" if kinds == {"span"} else "accuracy",
+            "headline": task in keep,
         }
-    report = {
+    return {
         "model": col.stats.get("model", ""),
         "rms": t.rms,
-        "n_items": n_items,
+        "n_items": len(tasks),
         "tasks": task_info,
+        "headline_tasks": keep,
         "context_dim": int(t.contexts.shape[1]),
+        "context": settings.featurizer.context,
         "laser": asdict(laser),
-        "strategies": summary,
-        "best_single_rm": best_single,
-        "best_rm_per_task": best_per_task,
-        "headline": headline,
-        "laser_usage": rep.rm_usage(runs["laser"], tasks, t.rms),
-        "curves": {n: rep.mean_curve(runs[n]) for n in curve_rows if n in runs},
+        "chosen_on_stream": chosen,
+        "strategies": strategies,
+        "ci": ci,
+        "regret": regret,
+        "shares_over_time": {"window": window, "by_task": shares},
+        "laser_stream_usage": usage,
+        "laser_heldout_usage": heldout_usage,
         "robustness": robustness,
-        "alpha_sweep": sweep,
-        "context_ablation": ablation,
+        "ablation": grid,
         "mean_candidate_quality": round(float(t.quality.mean()), 4),
+        "heldout_items": held.tolist(),
     }
-    return report, runs
 
 
-def _items_jsonl(col: Collected, runs: dict[str, list[Run]], path: Path) -> None:
+def pilot_table(col: Collected) -> dict[str, Any]:
+    """Per task: each RM's accuracy/F1 when it picks, the oracle and no reranking: is there
+    anything to select, before paying for a full run?"""
+    from laser.server.evaluation import protocol as pr
+
     t = col.table
-    laser = runs["laser"][0]
+    idx = np.arange(len(t.tasks))
+    rows: dict[str, dict[str, float]] = {}
+    values = {f"rm:{rm}": pr.pick_quality(t, rm) for rm in t.rms}
+    values.update(pr.ensemble_quality(t))
+    values["first_sample"] = t.quality[:, 0]
+    values["oracle_rm_query"] = np.max([pr.pick_quality(t, rm) for rm in t.rms], axis=0)
+    values["oracle"] = t.quality.max(axis=1)
+    for name, v in values.items():
+        rows[name] = {k: round(x, 4) for k, x in pr.per_task(v, idx, t.tasks).items()}
+    return {"items": len(t.tasks), "rows": rows, "stats": col.stats}
+
+
+def _items_jsonl(col: Collected, heldout: set[int], path: Path) -> None:
+    t = col.table
     with path.open("w", encoding="utf-8") as f:
         for i, it in enumerate(col.items):
             row = {
                 "id": it.item.id,
                 "task": it.task,
+                "split": "heldout" if i in heldout else "stream",
                 "prompt": it.item.prompt,
                 "reference": it.item.reference,
                 "documents_truncated": it.truncated,
@@ -625,7 +744,6 @@ def _items_jsonl(col: Collected, runs: dict[str, list[Run]], path: Path) -> None
                     for j, c in enumerate(col.generations[i].completions)
                 ],
                 "greedy": col.greedy[i].completions[0].text if col.greedy else None,
-                "laser_rm_first_ordering": laser.arms[i],
             }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -640,7 +758,8 @@ async def evaluate(
     command: str = "",
     reward_models: dict[str, RewardModel] | None = None,
 ) -> dict[str, Any]:
-    """Collect (cached), analyse, and write the report into `out_dir`; returns the report.
+    """Collect (cached), analyse, and write the report into `out_dir`; returns the report
+    (with `config.pilot`: only the per-task RM table, `pilot.md` / `pilot.json`).
 
     `cache_dir=None` disables the cache.
     """
@@ -652,14 +771,18 @@ async def evaluate(
     cache = Cache(Path(cache_dir) if cache_dir is not None else None)
     col = await collect(config, settings, engine, encoder, cache, reward_models)
     col.stats["model"] = engine.model_name
-    report, runs = analyse(col, config, settings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    report = pilot_table(col) if config.pilot else analyse(col, config, settings)
+    report["model"] = engine.model_name
     report["config"] = {k: v for k, v in asdict(config).items() if k != "progress"}
     report["command"] = command
     report["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
     report["stats"] = col.stats
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    _items_jsonl(col, runs, out / "items.jsonl")
-    report["files"] = [*rep.write(report, runs, out), "items.jsonl"]
+    if config.pilot:
+        report["files"] = rep.write_pilot(report, out)
+        return report
+    _items_jsonl(col, set(report.pop("heldout_items")), out / "items.jsonl")
+    report["files"] = [*rep.write(report, out), "items.jsonl"]
     return report

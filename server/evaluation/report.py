@@ -1,17 +1,21 @@
-"""Summaries, the Markdown/JSON report and the PNG plots of an evaluation.
+"""The Markdown/JSON report and the PNG plots of an evaluation (the stream / held-out
+protocol of `protocol.py`).
 
 Files written to the output folder:
 
 | file | holds |
 |---|---|
 | `report.json` | everything below, machine-readable |
-| `report.md` | accuracy/F1 per task per strategy (mean ± std over orderings), LASeR's RM |
-|  | usage per task, cost, robustness, alpha sweep |
-| `accuracy.png` | the table as grouped bars with spread |
-| `rm_usage.png` | which RM LASeR chose, per task |
-| `learning_curves.png` | running accuracy over the stream |
-| `midway.png` | LASeR's use of an RM added half-way through |
+| `report.md` | held-out accuracy/F1 per task per strategy, LASeR minus each baseline with paired |
+|  | bootstrap 95% CIs, RM use per task, cost, robustness, the settings ablation |
+| `accuracy.png` | held-out results as grouped bars |
+| `ci.png` | LASeR minus each baseline with its 95% interval |
+| `regret.png` | cumulative regret along the stream against the best RM per task |
+| `rm_share.png` | LASeR's RM choice per task as the stream goes on |
 | `items.jsonl` | per item: candidates, their grades, every RM's scores, the greedy answer |
+
+`pilot.md` / `pilot.json` instead, for `--pilot`: each RM's score per task, to see whether
+there is anything to select before paying for a full run.
 
 >>> stats([0.5, 0.7])["mean"]
 0.6
@@ -26,24 +30,25 @@ from typing import Any
 
 import numpy as np
 
-from laser.server.evaluation.strategies import Run
-
 # Row order of the tables: the contenders, then the references that know the answers.
 REFERENCE_ROWS = ("oracle_rm_task", "oracle_rm_query", "oracle")
 LABELS = {
-    "laser": "LASeR (LinUCB)",
-    "random_rm": "random RM",
+    "laser": "LASeR (LinUCB, frozen after the stream)",
+    "random_rm": "random RM (expected)",
     "ensemble_mean": "score ensemble (mean)",
     "ensemble_vote": "agreement ensemble (vote)",
     "first_sample": "no reranking (first sample)",
     "greedy": "greedy decoding",
-    "oracle_rm_task": "best RM per task (hindsight)",
+    "oracle_rm_task": "best RM per task (chosen on the stream)",
     "oracle_rm_query": "best RM per query (hindsight)",
     "oracle": "oracle (any correct candidate)",
 }
 
 
-def label(name: str) -> str:
+def label(name: str, chosen: dict[str, str] | None = None) -> str:
+    if name == "best_single":
+        rm = (chosen or {}).get("best_single_rm", "?")
+        return f"best single RM (chosen on the stream: {rm})"
     if name.startswith("rm:"):
         return f"single RM: {name[3:]}"
     return LABELS.get(name, name)
@@ -59,192 +64,117 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def task_means(run: Run, tasks: Sequence[str], metric: str = "quality") -> dict[str, float]:
-    values = run.quality if metric == "quality" else run.exact
-    arr = np.asarray(tasks)
-    return {t: float(values[arr == t].mean()) for t in dict.fromkeys(tasks)}
+def ordered(names: Sequence[str]) -> list[str]:
+    head = ["laser", "best_single", "random_rm"]
+    singles = sorted(n for n in names if n.startswith("rm:"))
+    tail = ["ensemble_mean", "ensemble_vote", "first_sample", "greedy"]
+    rest = [n for n in names if n not in head + singles + tail + list(REFERENCE_ROWS)]
+    order = [*head, *tail, *singles, *rest, *REFERENCE_ROWS]
+    return [n for n in order if n in names]
 
 
-def macro(run: Run, tasks: Sequence[str], metric: str = "quality") -> float:
-    """The mean over tasks of each task's mean (the paper's average over data sets)."""
-    return float(np.mean(list(task_means(run, tasks, metric).values())))
-
-
-def summarise(runs: dict[str, list[Run]], tasks: Sequence[str]) -> dict[str, Any]:
-    """Per strategy: overall (macro over tasks) and per-task mean/spread over orderings,
-    exact match, and cost per item."""
-    n_items = len(tasks)
-    out: dict[str, Any] = {}
-    for name, rs in runs.items():
-        per_task = [task_means(r, tasks) for r in rs]
-        per_task_em = [task_means(r, tasks, "exact") for r in rs]
-        out[name] = {
-            "label": label(name),
-            "overall": stats([macro(r, tasks) for r in rs]),
-            "per_task": {t: stats([p[t] for p in per_task]) for t in per_task[0]},
-            "exact_per_task": {t: stats([p[t] for p in per_task_em]) for t in per_task_em[0]},
-            "rm_calls_per_item": round(float(np.mean([r.rm_calls for r in rs])) / n_items, 3),
-            "rm_ms_per_item": round(1000 * float(np.mean([r.rm_seconds for r in rs])) / n_items, 2),
-            "select_us_per_item": round(
-                1e6 * float(np.mean([r.overhead_seconds for r in rs])) / n_items, 1
-            ),
-        }
-    return out
-
-
-def rm_usage(runs: Sequence[Run], tasks: Sequence[str], rms: Sequence[str]) -> dict[str, Any]:
-    """Per task, the share of items each RM was chosen for (mean over orderings)."""
-    arr = np.asarray(tasks)
-    out: dict[str, dict[str, float]] = {}
-    for t in dict.fromkeys(tasks):
-        rows = np.flatnonzero(arr == t)
-        out[t] = {
-            rm: round(float(np.mean([np.mean([r.arms[i] == rm for i in rows]) for r in runs])), 4)
-            for rm in rms
-        }
-    return out
-
-
-def mean_curve(runs: Sequence[Run]) -> dict[str, list[float]]:
-    curves = np.array([r.curve() for r in runs])
-    return {
-        "mean": [round(float(v), 4) for v in curves.mean(0)],
-        "min": [round(float(v), 4) for v in curves.min(0)],
-        "max": [round(float(v), 4) for v in curves.max(0)],
-    }
-
-
-def share_by_window(run: Run, rm: str, window: int) -> list[float]:
-    """Share of stream steps whose chosen RM is `rm`, per consecutive window of steps."""
-    chosen = [run.arms[i] == rm for i in run.order]
-    return [float(np.mean(chosen[s : s + window])) for s in range(0, len(chosen), window)]
-
-
-# -- Markdown ---------------------------------------------------------------------------------
-def _pm(s: dict[str, float], scale: float = 100.0) -> str:
-    if s["std"] == 0:
-        return f"{scale * s['mean']:.1f}"
-    return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
-
-
-def _pct(v: float | None, sign: bool = False) -> str:
+def _p(v: float | None, sign: bool = False) -> str:
     if v is None:
         return "-"
     return f"{100 * v:+.1f}" if sign else f"{100 * v:.1f}"
 
 
-def ordered(names: Sequence[str]) -> list[str]:
-    head = ["laser", "random_rm"]
-    singles = sorted(n for n in names if n.startswith("rm:"))
-    tail = ["ensemble_mean", "ensemble_vote", "first_sample", "greedy"]
-    rest = [n for n in names if n not in head + singles + tail + list(REFERENCE_ROWS)]
-    order = [*head, *singles, *tail, *rest, *REFERENCE_ROWS]
-    return [n for n in order if n in names]
-
-
-def accuracy_table(summary: dict[str, Any], tasks: dict[str, Any], bold: str | None) -> str:
-    names = ordered(list(summary))
-    cols = list(tasks)
-    head = "| strategy | " + " | ".join(
-        f"{t} ({tasks[t]['metric']}, {tasks[t]['items']})" for t in cols
-    )
-    lines = [head + " | mean over tasks | RM calls/item |", "|---" * (len(cols) + 3) + "|"]
-    for name in names:
-        s = summary[name]
-        cells = [_pm(s["per_task"][t]) for t in cols]
-        overall = _pm(s["overall"])
-        if name == bold:
-            overall = f"**{overall}**"
-        calls = "-" if name in REFERENCE_ROWS else f"{s['rm_calls_per_item']:g}"
-        lines.append(f"| {s['label']} | " + " | ".join(cells) + f" | {overall} | {calls} |")
-    return "\n".join(lines)
-
-
+# -- Markdown ---------------------------------------------------------------------------------
 def markdown(report: dict[str, Any]) -> str:
     r = report
-    cfg = r["config"]
-    summary = r["strategies"]
-    tasks = r["tasks"]
-    best_single = r["best_single_rm"]
+    cfg, s, tasks = r["config"], r["strategies"], r["tasks"]
+    keep = r["headline_tasks"]
+    chosen = r["chosen_on_stream"]
+    las = s["laser"]
+    n_stream = sum(v["stream"] for v in tasks.values())
+    n_held = sum(v["heldout"] for v in tasks.values())
+    cols = list(tasks)
+    head = "| strategy | " + " | ".join(
+        f"{t} ({tasks[t]['metric']}, {tasks[t]['heldout']})" for t in cols
+    )
+    table = [
+        head + " | **headline mean** | all tasks | RM calls/item | RM ms/item |",
+        "|---" * (len(cols) + 5) + "|",
+    ]
+    for name in ordered(list(s)):
+        row = s[name]
+        cells = [_p(row["per_task"].get(t)) for t in cols]
+        mean = _p(row["heldout"])
+        if name == "laser":
+            mean = f"**{mean} ± {100 * row['heldout_orderings']['std']:.1f}**"
+        calls = "-" if row["rm_calls_per_item"] is None else f"{row['rm_calls_per_item']:g}"
+        ms = "-" if row["rm_ms_per_item"] is None else f"{row['rm_ms_per_item']:.1f}"
+        table.append(
+            f"| {row['label']} | "
+            + " | ".join(cells)
+            + f" | {mean} | {_p(row['heldout_all_tasks'])} | {calls} | {ms} |"
+        )
+    ci_rows = [
+        f"| {s[n]['label']} | {_p(c['diff'], True)} | [{_p(c['lo'], True)}, {_p(c['hi'], True)}] |"
+        f" {'yes' if c['lo'] > 0 else ('no (below)' if c['hi'] < 0 else 'no (overlaps 0)')} |"
+        for n, c in r["ci"].items()
+        if n in s
+    ]
+    rms = r["rms"]
+    usage_rows = [
+        f"| {t} | "
+        + " | ".join(f"{100 * u[rm]:.0f}%" for rm in rms)
+        + f" | `{chosen.get(f'best_rm:{t}', '-')}` |"
+        for t, u in r["laser_heldout_usage"].items()
+    ]
     out = [
         "# laser-server evaluation",
         "",
-        f"Model `{r['model']}`, reward models {', '.join(f'`{x}`' for x in r['rms'])}; "
-        f"{r['n_items']} items, n = {cfg['n']} candidates per item (temperature "
-        f"{cfg['temperature']}, max_tokens {cfg['max_tokens']}), {cfg['orderings']} orderings, "
-        f"seed {cfg['seed']}. LinUCB alpha {r['laser']['alpha']}, epsilon "
-        f"{r['laser']['epsilon']}, context {r['context_dim']} dims.",
+        f"Model `{r['model']}`; reward models {', '.join(f'`{x}`' for x in rms)}; "
+        f"{r['n_items']} items: {n_stream} in the stream split, {n_held} held out (per task, "
+        f"seeded); n = {cfg['n']} candidates per item (temperature {cfg['temperature']}, "
+        f"max_tokens {cfg['max_tokens']}); {cfg['orderings']} orderings of the stream; seed "
+        f"{cfg['seed']}. LASeR: LinUCB alpha {r['laser']['alpha']}, epsilon "
+        f"{r['laser']['epsilon']}, warm-up {r['laser']['warmup']} per RM and kind of query, "
+        f"context `{r['context']}` ({r['context_dim']} dims).",
         "",
-        f"Wall time {r['wall_seconds']:.0f} s on {r['machine']}; engine generate calls this run: "
-        f"{r['stats']['engine_generate_calls']}, RM scoring calls: {r['stats']['rm_score_calls']} "
-        f"(cache hits {r['stats']['cache_hits']}).",
+        f"Wall time {r['wall_seconds']:.0f} s on {r['machine']}; engine generate calls this "
+        f"run: {r['stats']['engine_generate_calls']}, RM scoring calls: "
+        f"{r['stats']['rm_score_calls']} (cache hits {r['stats']['cache_hits']}).",
         "",
-        "## Accuracy (F1 for QA) per task, % (mean ± std over orderings)",
+        "## Held-out results, %",
         "",
-        "Every strategy picks from the same cached candidates. Math and multiple choice: "
-        "accuracy; QA: token F1 of the answer's first sentence. 'mean over tasks' averages "
-        "the task columns.",
+        "LASeR learns online on the stream split (feedback: the correctness / F1 of the answer "
+        "it picked), then is frozen (the RM with the highest expected reward per query) and "
+        "scored on the held-out split with everyone else. The best single RM and the best RM "
+        "per task are chosen on the stream split. Headline mean: mean over "
+        + ", ".join(keep)
+        + " (math: accuracy; QA: token F1 of the first sentence). LASeR: mean over orderings "
+        "± std over orderings.",
         "",
-        accuracy_table(summary, tasks, "laser"),
+        *table,
         "",
-        f"Best single RM in hindsight: `{best_single}`. LASeR − best single RM: "
-        f"{100 * r['headline']['laser_minus_best_single']:+.1f} points; LASeR − score "
-        f"ensemble: {100 * r['headline']['laser_minus_ensemble']:+.1f} points, at "
-        f"{r['headline']['laser_cost_share_of_ensemble']:.0%} of the ensemble's RM scoring time.",
+        "## LASeR minus each baseline (held-out, headline tasks)",
         "",
-        "Exact match on QA tasks, %: "
-        + ", ".join(
-            f"{t}: "
-            + "; ".join(
-                f"{summary[n]['label']} {_pm(summary[n]['exact_per_task'][t])}"
-                for n in ("laser", f"rm:{best_single}", "ensemble_mean", "oracle")
-                if n in summary
-            )
-            for t in tasks
-            if tasks[t]["metric"] == "F1"
-        )
-        if any(tasks[t]["metric"] == "F1" for t in tasks)
-        else "",
+        f"Paired per held-out item (LASeR averaged over the {cfg['orderings']} orderings), 95% "
+        "interval from 2,000 bootstrap resamples of the items within each task. The interval "
+        "covers item sampling, not the sampling of candidates.",
         "",
-        "![accuracy](accuracy.png)",
-        "",
-        "## Which RM LASeR chose, per task (share of items, mean over orderings)",
-        "",
-        "| task | " + " | ".join(r["rms"]) + " |",
-        "|---" * (len(r["rms"]) + 1) + "|",
-        *(
-            f"| {t} | " + " | ".join(f"{100 * u[rm]:.0f}%" for rm in r["rms"]) + " |"
-            for t, u in r["laser_usage"].items()
-        ),
-        "",
-        "Best single RM per task in hindsight: "
-        + ", ".join(f"{t}: `{rm}`" for t, rm in r["best_rm_per_task"].items())
-        + ".",
-        "",
-        "![RM usage](rm_usage.png)",
-        "",
-        "## Learning curves",
-        "",
-        "Running accuracy over the stream (mean over orderings; shaded: min-max).",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
-        "## Cost",
-        "",
-        "RM scoring time was measured once per RM and item (items scored in concurrent "
-        "chunks, each chunk's wall time shared out by call latency) and is charged to every "
-        "strategy that uses that RM on that item. Sampling the n candidates "
-        f"(shared by every strategy but greedy) took {r['stats']['sample_seconds']:.0f} s "
-        f"this run for {r['stats']['engine_generate_calls']} uncached engine calls.",
-        "",
-        "| strategy | RM calls per item | RM scoring ms per item | selection us per item |",
+        "| baseline | LASeR minus it (points) | 95% CI | LASeR above? |",
         "|---|---|---|---|",
-        *(
-            f"| {summary[n]['label']} | {summary[n]['rm_calls_per_item']:g} | "
-            f"{summary[n]['rm_ms_per_item']:.1f} | {summary[n]['select_us_per_item']:.0f} |"
-            for n in ordered(list(summary))
-            if n not in REFERENCE_ROWS
-        ),
+        *ci_rows,
+        "",
+        "![held-out results](accuracy.png)",
+        "![LASeR minus each baseline](ci.png)",
+        "",
+        "## Which RM LASeR deploys per task (held-out, mean over orderings)",
+        "",
+        "| task | " + " | ".join(rms) + " | best RM on the stream |",
+        "|---" * (len(rms) + 2) + "|",
+        *usage_rows,
+        "",
+        f"On the stream LASeR scored {_p(las['stream'])} online (mean over orderings, "
+        f"{_p(las['stream_orderings']['min'])}-{_p(las['stream_orderings']['max'])}), the best "
+        f"single RM {_p(s['best_single']['stream'])}, the best RM per task "
+        f"{_p(s['oracle_rm_task']['stream'])}.",
+        "",
+        "![regret along the stream](regret.png)",
+        "![RM share per task along the stream](rm_share.png)",
         "",
     ]
     rob = r.get("robustness", {})
@@ -252,150 +182,194 @@ def markdown(report: dict[str, Any]) -> str:
         out += [
             "## Robustness: a noise RM added",
             "",
-            "An RM returning standard-normal noise joins the pool; accuracy (mean over tasks) "
-            "without and with it.",
+            "An RM returning standard-normal noise joins the portfolio; held-out headline mean "
+            f"without and with it. LASeR gave it {100 * rob['noise_laser_share']:.1f}% of its "
+            "stream choices.",
             "",
             "| strategy | without | with noise RM | change |",
             "|---|---|---|---|",
             *(
-                f"| {label(n)} | {_pct(v['without'])} | {_pct(v['with'])} | "
-                f"{_pct(v['change'], sign=True)} |"
+                f"| {label(n, chosen)} | {_p(v['without'])} | {_p(v['with'])} | "
+                f"{_p(v['change'], sign=True)} |"
                 for n, v in rob["noise"].items()
             ),
             "",
         ]
-    if "midway" in rob:
+    if rob.get("midway"):
         out += [
             "## Robustness: an RM added midway",
             "",
-            "LASeR starts without the RM; it joins as a new arm (from the prior) half-way "
-            "through the stream. Share of LASeR's choices going to it after it joins, and "
-            "accuracy on the second half of the stream.",
+            "LASeR starts without the RM; it joins as a new arm half-way through the stream. "
+            "Share of LASeR's stream choices going to it afterwards; held-out headline mean.",
             "",
-            "| RM added | share after joining | share in last quarter | 2nd-half acc: added "
+            "| RM added | share after joining | share in last quarter | held-out: added "
             "midway | present from start | never added |",
             "|---|---|---|---|---|---|",
             *(
                 f"| `{m['rm']}` | {m['share_after']:.0%} | {m['share_last_quarter']:.0%} | "
-                f"{100 * m['second_half']['midway']:.1f} | "
-                f"{100 * m['second_half']['from_start']:.1f} | "
-                f"{100 * m['second_half']['never']:.1f} |"
+                f"{_p(m['heldout']['midway'])} | {_p(m['heldout']['from_start'])} | "
+                f"{_p(m['heldout']['never'])} |"
                 for m in rob["midway"]
             ),
             "",
-            "![midway](midway.png)",
-            "",
         ]
-    sweep = r.get("alpha_sweep")
-    if sweep:
+    grid = r.get("ablation") or []
+    if grid:
+        serving = r["laser"]
         out += [
-            "## LASeR's settings: alpha and context",
+            "## LASeR's settings, chosen on the stream",
             "",
-            "| alpha | " + " | ".join(str(a) for a in sweep) + " |",
-            "|---" * (len(sweep) + 1) + "|",
-            "| mean over tasks | " + " | ".join(_pm(v) for v in sweep.values()) + " |",
+            "Online mean over the STREAM split (headline tasks, mean ± std over orderings) for "
+            "each context, warm-up and alpha; held-out items play no part. `features` is the "
+            "serving context; `bias` a constant (context-free UCB). Top 12 and the serving "
+            "settings:",
             "",
-            "Context ablation (same alpha): featurizer context "
-            f"{_pm(r['context_ablation']['features'])}, bias only (context-free UCB) "
-            f"{_pm(r['context_ablation']['bias'])}.",
-            "",
+            "| context (dims) | warm-up | alpha | stream mean |",
+            "|---|---|---|---|",
         ]
+        shown = grid[:12] + [
+            g
+            for g in grid[12:]
+            if g["context"] == "features"
+            and g["warmup"] == serving["warmup"]
+            and g["alpha"] == serving["alpha"]
+        ]
+        for g in shown:
+            mark = (
+                " (serving)"
+                if g["context"] == "features"
+                and g["warmup"] == serving["warmup"]
+                and g["alpha"] == serving["alpha"]
+                else ""
+            )
+            out.append(
+                f"| `{g['context']}` ({g['dim']}){mark} | {g['warmup']} | {g['alpha']} | "
+                f"{_p(g['stream_mean'])} ± {_p(g['stream_std'])} |"
+            )
+        out.append("")
     out += ["## Command", "", "```", r["command"], "```", ""]
     return "\n".join(out)
 
 
 # -- plots ------------------------------------------------------------------------------------
-def plot_all(report: dict[str, Any], runs: dict[str, list[Run]], out: Path) -> list[str]:
+def plot_all(report: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    summary, tasks = report["strategies"], list(report["tasks"])
-
-    # Accuracy per task per strategy, with the spread over orderings.
-    names = [n for n in ordered(list(summary)) if n not in ("oracle_rm_task", "oracle_rm_query")]
-    groups = [*tasks, "mean"]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(groups) + 1), 5.0), dpi=90)
-    width = 0.8 / len(names)
+    s, tasks = report["strategies"], list(report["tasks"])
+    chosen = report["chosen_on_stream"]
     cmap = plt.get_cmap("tab20")
+
+    names = [n for n in ordered(list(s)) if not n.startswith("rm:")]
+    groups = [*tasks, "headline mean"]
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(groups) + 1), 5.0), dpi=90)
+    width = 0.8 / len(names)
     for k, n in enumerate(names):
-        s = summary[n]
-        vals = [s["per_task"][t]["mean"] for t in tasks] + [s["overall"]["mean"]]
-        errs = [s["per_task"][t]["std"] for t in tasks] + [s["overall"]["std"]]
+        vals = [s[n]["per_task"].get(t, 0.0) for t in tasks] + [s[n]["heldout"]]
         xs = np.arange(len(groups)) + (k - (len(names) - 1) / 2) * width
-        ax.bar(xs, vals, width, yerr=errs, label=s["label"], color=cmap(k % 20), capsize=1.5)
+        ax.bar(xs, vals, width, label=label(n, chosen), color=cmap(k % 20))
     ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylabel("accuracy / F1")
+    ax.set_ylabel("held-out accuracy / F1")
     ax.set_ylim(0, 1)
-    ax.set_title("Best-of-n with different RM-selection strategies")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    ax.set_title("Best-of-n on the held-out split, by RM-selection strategy")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png")
     plt.close(fig)
     written.append("accuracy.png")
 
-    # LASeR's RM usage per task.
-    usage, rms = report["laser_usage"], report["rms"]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(usage) + 1.5), dpi=90)
-    left = np.zeros(len(usage))
-    for k, rm in enumerate(rms):
-        shares = np.array([usage[t][rm] for t in usage])
-        ax.barh(list(usage), shares, left=left, label=rm, color=cmap(2 * k % 20))
-        left += shares
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of items")
-    ax.set_title("RM chosen by LASeR, per task")
+    ci = report["ci"]
+    rows = [n for n in ordered(list(ci)) if n in s]
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(rows) + 1.5), dpi=90)
+    for k, n in enumerate(rows):
+        c = ci[n]
+        color = "tab:green" if c["lo"] > 0 else ("tab:red" if c["hi"] < 0 else "tab:grey")
+        ax.errorbar(
+            100 * c["diff"],
+            k,
+            xerr=[[100 * (c["diff"] - c["lo"])], [100 * (c["hi"] - c["diff"])]],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [label(n, chosen) for n in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("LASeR minus baseline, points (paired bootstrap 95% CI)")
+    ax.set_title("LASeR against each baseline, held-out headline tasks")
     fig.tight_layout()
-    fig.savefig(out / "rm_usage.png")
+    fig.savefig(out / "ci.png")
     plt.close(fig)
-    written.append("rm_usage.png")
+    written.append("ci.png")
 
-    # Learning curves over the stream.
     fig, ax = plt.subplots(figsize=(7, 4), dpi=90)
-    for k, n in enumerate(report["curves"]):
-        c = report["curves"][n]
-        x = np.arange(1, len(c["mean"]) + 1)
-        ax.plot(x, c["mean"], label=label(n), color=cmap(2 * k % 20))
-        ax.fill_between(x, c["min"], c["max"], alpha=0.12, color=cmap(2 * k % 20))
-    ax.set_xlabel("items seen")
-    ax.set_ylabel("running accuracy / F1")
-    ax.set_ylim(0, 1)
-    ax.set_title("Learning curves")
+    for k, (n, curve) in enumerate(report["regret"].items()):
+        ax.plot(np.arange(1, len(curve) + 1), curve, label=label(n, chosen), color=cmap(2 * k))
+    ax.set_xlabel("stream step")
+    ax.set_ylabel("cumulative regret vs best RM per task")
+    ax.set_title("Regret along the stream (mean over orderings)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "learning_curves.png")
+    fig.savefig(out / "regret.png")
     plt.close(fig)
-    written.append("learning_curves.png")
+    written.append("regret.png")
 
-    mid = report.get("robustness", {}).get("midway")
-    if mid:
-        fig, ax = plt.subplots(figsize=(7, 3.5), dpi=90)
-        for k, m in enumerate(mid):
-            w = m["window"]
-            xs = (np.arange(len(m["share_by_window"])) + 0.5) * w
-            ax.plot(
-                xs, m["share_by_window"], marker="o", label=f"{m['rm']} (added)", color=cmap(2 * k)
-            )
-            ax.axvline(m["added_at"], color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel("stream step")
-        ax.set_ylabel(f"share of LASeR's choices (windows of {mid[0]['window']})")
+    sh = report["shares_over_time"]
+    by_task = sh["by_task"]
+    fig, axes = plt.subplots(1, len(by_task), figsize=(3.2 * len(by_task), 3.2), dpi=90)
+    axes = np.atleast_1d(axes)
+    for ax, (task, per_rm) in zip(axes, by_task.items(), strict=True):
+        first = next(iter(per_rm.values()))
+        xs = (np.arange(len(first)) + 0.5) * sh["window"]
+        ax.stackplot(
+            xs,
+            *[per_rm[rm] for rm in per_rm],
+            labels=list(per_rm),
+            colors=[cmap(2 * k % 20) for k in range(len(per_rm))],
+        )
+        ax.set_title(task, fontsize=9)
         ax.set_ylim(0, 1)
-        ax.set_title("An RM added midway (dashed line)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "midway.png")
-        plt.close(fig)
-        written.append("midway.png")
+        ax.set_xlabel(f"{task} items seen")
+    axes[0].set_ylabel("share of LASeR's choices")
+    axes[-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "rm_share.png")
+    plt.close(fig)
+    written.append("rm_share.png")
     return written
 
 
-def write(report: dict[str, Any], runs: dict[str, list[Run]], out: Path) -> list[str]:
+def write(report: dict[str, Any], out: Path) -> list[str]:
     """report.json, report.md and the plots into `out`; returns the file names."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
-    return ["report.json", "report.md", *plot_all(report, runs, out)]
+    return ["report.json", "report.md", *plot_all(report, out)]
+
+
+def pilot_markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    tasks = list(next(iter(rows.values())))
+    lines = [
+        "# laser-server evaluation: pilot",
+        "",
+        f"{report['items']} items. Accuracy (F1 for QA), %, of the candidate each RM ranks "
+        "first. Worth a full run when RMs lead on different tasks and the best RM per query "
+        "is well above every single RM.",
+        "",
+        "| | " + " | ".join(tasks) + " |",
+        "|---" * (len(tasks) + 1) + "|",
+        *(f"| {label(n)} | " + " | ".join(_p(v[t]) for t in tasks) + " |" for n, v in rows.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_pilot(report: dict[str, Any], out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pilot.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    (out / "pilot.md").write_text(pilot_markdown(report), encoding="utf-8")
+    return ["pilot.json", "pilot.md"]

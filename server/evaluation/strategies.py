@@ -53,6 +53,10 @@ class Table:
     greedy_exact: FloatArray | None = None
     score_seconds: dict[str, FloatArray] = field(default_factory=dict)
     """Measured seconds each RM took to score each item (for cost reports)."""
+    regions: int = 0
+    """How many leading features of `contexts` are the one-hot region (kind of query)."""
+    context_variants: dict[str, tuple[FloatArray, int]] = field(default_factory=dict)
+    """Other contexts for ablations: name -> (contexts, regions)."""
 
     def __post_init__(self) -> None:
         n_items = len(self.tasks)
@@ -81,6 +85,8 @@ class Table:
             greedy_quality=self.greedy_quality,
             greedy_exact=self.greedy_exact,
             score_seconds={**self.score_seconds, **seconds},
+            regions=self.regions,
+            context_variants=self.context_variants,
         )
 
 
@@ -244,12 +250,27 @@ class LaserSettings:
     alpha: float = 0.5
     ridge: float = 1.0
     epsilon: float = 0.05
+    warmup: int = 0
+    """Rewarded tries per RM and context region before UCB takes over (LinUCBConfig)."""
     context: str = "features"
-    """`features` (the featurizer's vector, as in serving) or `bias` (a constant 1: a
-    context-free UCB, the ablation)."""
+    """`features` (the table's serving context), `bias` (a constant 1: a context-free UCB,
+    the ablation) or the name of one of the table's `context_variants`."""
 
 
-def run_laser(
+def laser_context(t: Table, context: str) -> tuple[FloatArray, int]:
+    """(contexts, regions) of a LaserSettings.context name."""
+    if context == "features":
+        return t.contexts, t.regions
+    if context == "bias":
+        return np.ones((len(t.tasks), 1)), 0
+    try:
+        return t.context_variants[context]
+    except KeyError:
+        known = ["features", "bias", *t.context_variants]
+        raise ValueError(f"unknown context {context!r}; known: {known}") from None
+
+
+def learn_laser(
     t: Table,
     order: IntArray,
     seed: int,
@@ -257,8 +278,10 @@ def run_laser(
     rms: Sequence[str] | None = None,
     add_midway: tuple[str, int] | None = None,
     name: str = "laser",
-) -> Run:
-    """LinUCB over the items in `order`: select an RM, pick its argmax, feed back its quality.
+) -> tuple[LinUCB, Run]:
+    """LinUCB over the items in `order` (all items or a subset, e.g. the stream split):
+    select an RM, pick its argmax, feed back its quality. Returns the bandit as it ends and
+    the run (meaningful on the items of `order` only).
 
     `add_midway=(rm, step)`: `rm` is absent at first and added as a new arm (from the prior)
     before stream step `step`, as an RM added to a running server would be.
@@ -268,7 +291,7 @@ def run_laser(
     if add_midway is not None:
         late, at = add_midway
         arms = [a for a in arms if a != late]
-    ctx = t.contexts if settings.context == "features" else np.ones((len(t.tasks), 1))
+    ctx, regions = laser_context(t, settings.context)
     bandit = LinUCB(
         LinUCBConfig(
             dim=ctx.shape[1],
@@ -276,6 +299,8 @@ def run_laser(
             ridge=settings.ridge,
             epsilon=settings.epsilon,
             seed=seed,
+            warmup=settings.warmup,
+            regions=regions,
         ),
         arms,
     )
@@ -291,7 +316,29 @@ def run_laser(
         bandit.update(arm, ctx[i], float(t.quality[i, pick]))
         spent += time.perf_counter() - start
         chosen[i], picks[i] = arm, pick
-    return _result(name, t, picks, order, chosen, overhead=spent)
+    return bandit, _result(name, t, picks, order, chosen, overhead=spent)
+
+
+def run_laser(
+    t: Table,
+    order: IntArray,
+    seed: int,
+    settings: LaserSettings = LaserSettings(),
+    rms: Sequence[str] | None = None,
+    add_midway: tuple[str, int] | None = None,
+    name: str = "laser",
+) -> Run:
+    """`learn_laser`'s run alone."""
+    return learn_laser(t, order, seed, settings, rms, add_midway, name)[1]
+
+
+def frozen_arms(bandit: LinUCB, ctx: FloatArray, items: IntArray) -> list[str]:
+    """The RM a frozen bandit deploys per item: the highest expected reward (theta.x), no
+    exploration bonus, no epsilon, no updates; ties go to the first arm."""
+    arms = bandit.enabled_arms
+    theta = np.array([bandit.theta(a) for a in arms])
+    means = ctx[items] @ theta.T
+    return [arms[int(k)] for k in np.argmax(means, axis=1)]
 
 
 def orderings(n_items: int, count: int, seed: int) -> list[IntArray]:

@@ -1,0 +1,258 @@
+"""The stream / held-out protocol: LASeR learns online on one split, everyone is scored on
+the other.
+
+1. Items are split per task (seeded): a **stream** split and a **held-out** split.
+2. On the stream, LASeR learns online from the correctness of the answer it picked, over
+   `orderings` seeded orders. The best single RM and the best RM per task "in hindsight" are
+   chosen on the stream too; so are LASeR's own settings (the ablation grid).
+3. On the held-out split every strategy is scored; LASeR with its bandit frozen (the RM
+   with the highest expected reward per item: no exploration, no updates). Nothing is ever
+   chosen on held-out items.
+4. LASeR minus each baseline, per held-out item (LASeR averaged over orderings), with a
+   paired bootstrap 95% interval over items, resampled within each task.
+
+>>> s = split_items(["a"] * 4 + ["b"] * 4, heldout_share=0.5, seed=0)
+>>> len(s.stream), len(s.heldout)
+(4, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from laser.server.evaluation.strategies import (
+    FloatArray,
+    IntArray,
+    LaserSettings,
+    Table,
+    ensemble_mean_scores,
+    frozen_arms,
+    laser_context,
+    learn_laser,
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    stream: IntArray
+    heldout: IntArray
+
+
+def split_items(tasks: Sequence[str], heldout_share: float = 0.5, seed: int = 0) -> Split:
+    """Per task, a seeded `heldout_share` of the items is held out; the rest is the stream."""
+    arr = np.asarray(tasks)
+    stream, held = [], []
+    for k, task in enumerate(dict.fromkeys(tasks)):
+        rows = np.flatnonzero(arr == task)
+        rows = np.random.default_rng([seed, 7919, k]).permutation(rows)
+        cut = round(heldout_share * len(rows))
+        held.extend(rows[:cut].tolist())
+        stream.extend(rows[cut:].tolist())
+    return Split(np.array(sorted(stream), dtype=np.int64), np.array(sorted(held), dtype=np.int64))
+
+
+def stream_orders(split: Split, count: int, seed: int) -> list[IntArray]:
+    return [
+        np.random.default_rng([seed, 104729, k]).permutation(split.stream) for k in range(count)
+    ]
+
+
+# -- per-item values --------------------------------------------------------------------------
+def pick_quality(t: Table, rm: str) -> FloatArray:
+    """Quality of the candidate `rm` ranks first, for every item (ties: the first)."""
+    return t.quality[np.arange(len(t.tasks)), np.argmax(t.scores[rm], axis=1)]
+
+
+def ensemble_quality(t: Table, rms: Sequence[str] | None = None) -> dict[str, FloatArray]:
+    rms = list(rms or t.rms)
+    idx = np.arange(len(t.tasks))
+    mean = ensemble_mean_scores(t, rms)
+    votes = np.zeros_like(t.quality)
+    for r in rms:
+        votes[idx, np.argmax(t.scores[r], axis=1)] += 1
+    return {
+        "ensemble_mean": t.quality[idx, np.argmax(mean, axis=1)],
+        "ensemble_vote": t.quality[idx, np.argmax(votes + 0.5 * mean, axis=1)],
+    }
+
+
+def macro(values: FloatArray, items: IntArray, tasks: Sequence[str], keep: Sequence[str]) -> float:
+    """Mean over the tasks in `keep` of each task's mean of `values` over `items`."""
+    arr = np.asarray(tasks)[items]
+    means = [values[items][arr == task].mean() for task in keep if (arr == task).any()]
+    return float(np.mean(means)) if means else float("nan")
+
+
+def per_task(values: FloatArray, items: IntArray, tasks: Sequence[str]) -> dict[str, float]:
+    arr = np.asarray(tasks)[items]
+    return {task: float(values[items][arr == task].mean()) for task in dict.fromkeys(arr.tolist())}
+
+
+def paired_bootstrap(
+    diff: FloatArray,
+    items: IntArray,
+    tasks: Sequence[str],
+    keep: Sequence[str],
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean over `keep` tasks of the per-task mean of `diff`, and its 95% interval from
+    resampling items with replacement within each task."""
+    arr = np.asarray(tasks)[items]
+    groups = [diff[items][arr == task] for task in keep if (arr == task).any()]
+    rng = np.random.default_rng(seed)
+    draws = np.zeros(resamples)
+    for g in groups:
+        draws += rng.choice(g, size=(resamples, len(g)), replace=True).mean(axis=1)
+    draws /= len(groups)
+    point = float(np.mean([g.mean() for g in groups]))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"diff": round(point, 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+
+
+# -- LASeR over the stream, frozen on held-out --------------------------------------------------
+@dataclass
+class LaserResult:
+    heldout: FloatArray
+    """Per item (indexed like the table): held-out quality averaged over orderings (stream
+    items hold 0)."""
+    heldout_macro: list[float]
+    """Held-out macro mean per ordering (its spread)."""
+    stream_macro: list[float]
+    """Online mean quality over the stream, macro over tasks, per ordering."""
+    stream_steps: FloatArray
+    """(orderings, stream length): quality at each stream step."""
+    stream_arms: list[list[str]]
+    """Per ordering, the RM chosen at each stream step."""
+    heldout_arms: list[list[str]]
+    """Per ordering, the RM deployed on each held-out item (in `split.heldout` order)."""
+
+
+def run_laser_split(
+    t: Table,
+    split: Split,
+    orders: Sequence[IntArray],
+    seed: int,
+    settings: LaserSettings,
+    keep: Sequence[str],
+    rms: Sequence[str] | None = None,
+    add_midway: tuple[str, int] | None = None,
+) -> LaserResult:
+    ctx, _ = laser_context(t, settings.context)
+    held_sum = np.zeros(len(t.tasks))
+    held_macro, stream_macro, steps, s_arms, h_arms = [], [], [], [], []
+    for k, order in enumerate(orders):
+        bandit, run = learn_laser(t, order, seed * 1000 + k, settings, rms, add_midway)
+        steps.append(run.quality[order])
+        s_arms.append([str(run.arms[i]) for i in order])
+        stream_macro.append(macro(run.quality, order, t.tasks, keep))
+        arms = frozen_arms(bandit, ctx, split.heldout)
+        h_arms.append(arms)
+        q = np.zeros(len(t.tasks))
+        for i, arm in zip(split.heldout, arms, strict=True):
+            q[i] = t.quality[i, int(np.argmax(t.scores[arm][i]))]
+        held_sum += q
+        held_macro.append(macro(q, split.heldout, t.tasks, keep))
+    return LaserResult(
+        held_sum / len(orders), held_macro, stream_macro, np.array(steps), s_arms, h_arms
+    )
+
+
+def heldout_values(
+    t: Table, split: Split, laser: FloatArray, keep: Sequence[str]
+) -> tuple[dict[str, FloatArray], dict[str, str]]:
+    """Every strategy's per-item quality (held-out items meaningful), and which RM the
+    stream chose for the hindsight rows."""
+    singles = {rm: pick_quality(t, rm) for rm in t.rms}
+    stream_score = {rm: macro(q, split.stream, t.tasks, keep) for rm, q in singles.items()}
+    best_single = max(t.rms, key=lambda rm: stream_score[rm])
+    tasks = np.asarray(t.tasks)
+    best_task = np.zeros(len(t.tasks))
+    chosen: dict[str, str] = {"best_single_rm": best_single}
+    for task in dict.fromkeys(t.tasks):
+        rows = split.stream[tasks[split.stream] == task]
+        best = max(t.rms, key=lambda rm: float(singles[rm][rows].mean()))
+        chosen[f"best_rm:{task}"] = best
+        best_task[tasks == task] = singles[best][tasks == task]
+    values: dict[str, FloatArray] = {
+        "laser": laser,
+        "random_rm": np.mean([singles[rm] for rm in t.rms], axis=0),
+        "best_single": singles[best_single],
+        **{f"rm:{rm}": q for rm, q in singles.items()},
+        **ensemble_quality(t),
+        "first_sample": t.quality[:, 0],
+    }
+    if t.greedy_quality is not None:
+        values["greedy"] = t.greedy_quality.astype(np.float64)
+    values["oracle_rm_task"] = best_task
+    values["oracle_rm_query"] = np.max([singles[rm] for rm in t.rms], axis=0)
+    values["oracle"] = t.quality.max(axis=1)
+    return values, chosen
+
+
+# -- the pieces of the report ---------------------------------------------------------------
+def regret_curve(steps: FloatArray, best: FloatArray) -> list[float]:
+    """Cumulative regret along the stream against a reference's per-step quality, mean over
+    orderings (`steps`, `best`: (orderings, stream length))."""
+    return [round(float(v), 3) for v in np.cumsum(best - steps, axis=1).mean(axis=0)]
+
+
+def shares_over_time(
+    t: Table, orders: Sequence[IntArray], arms: Sequence[Sequence[str]], window: int
+) -> dict[str, dict[str, list[float]]]:
+    """Per task, per RM: LASeR's share of that task's stream items, per window of `window`
+    consecutive items of the task (mean over orderings)."""
+    tasks = np.asarray(t.tasks)
+    out: dict[str, dict[str, list[float]]] = {}
+    for task in dict.fromkeys(t.tasks):
+        per_order = []
+        for order, chosen in zip(orders, arms, strict=True):
+            per_order.append([a for i, a in zip(order, chosen, strict=True) if tasks[i] == task])
+        length = len(per_order[0])
+        out[task] = {}
+        for rm in t.rms:
+            row = []
+            for s in range(0, length, window):
+                row.append(
+                    float(np.mean([[a == rm for a in p[s : s + window]] for p in per_order]))
+                )
+            out[task][rm] = [round(v, 3) for v in row]
+    return out
+
+
+def ablation(
+    t: Table,
+    orders: Sequence[IntArray],
+    seed: int,
+    base: LaserSettings,
+    keep: Sequence[str],
+    contexts: Sequence[str],
+    warmups: Sequence[int],
+    alphas: Sequence[float],
+) -> list[dict[str, Any]]:
+    """LASeR's online mean quality over the STREAM (macro over tasks, mean over orderings) for
+    each combination: what the serving defaults are chosen by. Held-out items are not used."""
+    rows = []
+    for context, warmup, alpha in product(contexts, warmups, alphas):
+        cfg = LaserSettings(
+            alpha=alpha, ridge=base.ridge, epsilon=base.epsilon, warmup=warmup, context=context
+        )
+        vals = [
+            macro(learn_laser(t, o, seed * 1000 + k, cfg)[1].quality, o, t.tasks, keep)
+            for k, o in enumerate(orders)
+        ]
+        ctx, _ = laser_context(t, context)
+        rows.append(
+            {
+                **asdict(cfg),
+                "dim": int(ctx.shape[1]),
+                "stream_mean": round(float(np.mean(vals)), 4),
+                "stream_std": round(float(np.std(vals)), 4),
+            }
+        )
+    return sorted(rows, key=lambda r: -r["stream_mean"])
