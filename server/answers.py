@@ -24,7 +24,7 @@ def extract_number(text: str) -> str | None:
     nums = _NUM.findall(text)
     if not nums:
         return None
-    value = nums[-1].replace(",", "")
+    value: str = nums[-1].replace(",", "")
     if "." in value:
         value = value.rstrip("0").rstrip(".")
     return value

@@ -64,7 +64,7 @@ def embedded_model(cache_dir: Path) -> Path:
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model with the same weights.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     model.load_state_dict(quantised.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

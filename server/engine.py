@@ -165,12 +165,12 @@ class VLLMEngine:
             served_model_name=[name],
             max_model_len=max_model_len,
             seed=seed,  # engine-level seed: per-request seeds crash chunked prefill on CPU
-            dtype=self.dtype,
+            dtype=self.dtype,  # type: ignore[arg-type]  # checked by vLLM at start
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             enable_lora=enable_lora,
-            max_lora_rank=max_lora_rank,
+            max_lora_rank=max_lora_rank,  # type: ignore[arg-type]
             max_loras=2,
         )
         self.supports_adapters = enable_lora
@@ -194,10 +194,10 @@ class VLLMEngine:
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         if not self.tokenizer.chat_template:
             return "\n\n".join(m["content"] for m in messages) + "\n\n"
-        text: str = self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=True
         )
-        return text
+        return str(text)
 
     async def _final(self, prompt: Any, params: Any, adapter: Adapter | None = None) -> Any:
         final = None
@@ -394,8 +394,9 @@ class VLLMEngine:
         for text, r in zip(distinct, results, strict=True):
             if isinstance(r, _Scored):
                 vals = [r.known[i] for i in range(r.first, len(r.ids)) if i in r.known]
-                r = sum(vals) / len(vals) if vals else float("-inf")
-            scores[text] = r
+                scores[text] = sum(vals) / len(vals) if vals else float("-inf")
+            else:
+                scores[text] = r
         return [scores[t] for t in continuations]
 
     def shutdown(self) -> None:

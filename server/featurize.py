@@ -65,7 +65,8 @@ class SentenceEncoder:
                 out.append(pooled.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim))
-        return np.concatenate(out).astype(np.float64)
+        emb: np.ndarray = np.concatenate(out).astype(np.float64)
+        return emb
 
 
 N_EXTRA = 3
@@ -188,7 +189,8 @@ class Featurizer:
             ]
         )
         parts.append(extra.reshape(n, N_EXTRA))
-        return np.concatenate(parts, axis=1)
+        x: np.ndarray = np.concatenate(parts, axis=1)
+        return x
 
     def features(self, question: str, has_document: bool, task: str | None = None) -> np.ndarray:
         return self.features_batch([question], [has_document], [task])[0]

@@ -343,48 +343,51 @@ def test_small_suite_end_to_end_on_the_real_engine(
         return report, engine
 
     first, engine1 = run(tmp_path / "out1")
+    n_rms = len(settings.reward_models)
     # ONE engine call with n per item, plus one greedy call (n=1) per item.
     assert sorted(engine1.generate_calls) == [1] * n_items + [4] * n_items
-    assert engine1.loglik_calls == n_items  # the loglik RM: one batch per item
-    assert first["stats"]["rm_score_calls"] == 3 * n_items
+    # Likelihood batches: the loglik RM one per item, the judge one per candidate.
+    assert engine1.loglik_calls == n_items * (1 + 4)
+    assert first["stats"]["rm_score_calls"] == n_rms * n_items
 
-    # Every strategy chose among the same candidates: recompute their picks from items.jsonl.
+    # Every strategy chose among the same candidates: recompute their picks from items.jsonl,
+    # on the held-out items they are scored on.
     rows = [json.loads(line) for line in (tmp_path / "out1" / "items.jsonl").open()]
     assert len(rows) == n_items and all(len(r["candidates"]) == 4 for r in rows)
     assert {r["task"] for r in rows} == {"arithmetic", "longqa", "user", "user:qa"}
+    held = [r for r in rows if r["split"] == "heldout"]
+    assert held and len(held) < n_items
     s = first["strategies"]
     for rm in first["rms"]:
-        picked = [
-            max(range(4), key=lambda j, r=r: (r["candidates"][j]["scores"][rm], -j)) for r in rows
-        ]
-        q = [r["candidates"][j]["quality"] for r, j in zip(rows, picked, strict=True)]
         by_task: dict[str, list[float]] = {}
-        for r, v in zip(rows, q, strict=True):
-            by_task.setdefault(r["task"], []).append(v)
+        for r in held:
+            j = max(range(4), key=lambda j, r=r: (r["candidates"][j]["scores"][rm], -j))
+            by_task.setdefault(r["task"], []).append(r["candidates"][j]["quality"])
         for task, vals in by_task.items():
-            assert s[f"rm:{rm}"]["per_task"][task]["mean"] == pytest.approx(np.mean(vals), abs=1e-4)
-    for task in first["tasks"]:
-        ts = [r for r in rows if r["task"] == task]
+            assert s[f"rm:{rm}"]["per_task"][task] == pytest.approx(np.mean(vals), abs=1e-4)
+    for task in {r["task"] for r in held}:
+        ts = [r for r in held if r["task"] == task]
         oracle = np.mean([max(c["quality"] for c in r["candidates"]) for r in ts])
         first_sample = np.mean([r["candidates"][0]["quality"] for r in ts])
-        assert s["oracle"]["per_task"][task]["mean"] == pytest.approx(oracle, abs=1e-4)
-        assert s["first_sample"]["per_task"][task]["mean"] == pytest.approx(first_sample, abs=1e-4)
+        assert s["oracle"]["per_task"][task] == pytest.approx(oracle, abs=1e-4)
+        assert s["first_sample"]["per_task"][task] == pytest.approx(first_sample, abs=1e-4)
         for name, v in s.items():  # no strategy that picks a candidate beats the oracle
             if name == "greedy":  # its own answer, not one of the n candidates
                 continue
-            assert v["per_task"][task]["mean"] <= oracle + 1e-4, (name, task)  # rounded
-    assert len(first["strategies"]["laser"]["per_task"]) == 4
-    assert s["laser"]["rm_calls_per_item"] == 1 and s["ensemble_mean"]["rm_calls_per_item"] == 3
-    assert set(first["laser_usage"]) == set(first["tasks"])
+            assert v["per_task"][task] <= oracle + 1e-4, (name, task)  # rounded
+    assert s["laser"]["rm_calls_per_item"] == 1
+    assert s["ensemble_mean"]["rm_calls_per_item"] == n_rms
+    assert set(first["laser_heldout_usage"]) == set(first["tasks"])
     assert first["robustness"]["noise"]["laser"]["with"] >= 0
-    assert [m["rm"] for m in first["robustness"]["midway"]] == [first["best_single_rm"], "noise"]
+    best = first["chosen_on_stream"]["best_single_rm"]
+    assert [m["rm"] for m in first["robustness"]["midway"]] == [best, "noise"]
 
     # The report files exist and parse.
     out = tmp_path / "out1"
     assert json.loads((out / "report.json").read_text())["n_items"] == n_items
     md = (out / "report.md").read_text()
-    assert "| LASeR (LinUCB) |" in md and "![accuracy](accuracy.png)" in md
-    for png in ("accuracy.png", "rm_usage.png", "learning_curves.png", "midway.png"):
+    assert "LASeR minus each baseline" in md and "![held-out results](accuracy.png)" in md
+    for png in ("accuracy.png", "ci.png", "regret.png", "rm_share.png"):
         img = matplotlib.image.imread(out / png)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100, png
 

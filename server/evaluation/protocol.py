@@ -34,6 +34,7 @@ from laser.server.evaluation.strategies import (
     frozen_arms,
     laser_context,
     learn_laser,
+    votes,
 )
 
 
@@ -65,19 +66,17 @@ def stream_orders(split: Split, count: int, seed: int) -> list[IntArray]:
 # -- per-item values --------------------------------------------------------------------------
 def pick_quality(t: Table, rm: str) -> FloatArray:
     """Quality of the candidate `rm` ranks first, for every item (ties: the first)."""
-    return t.quality[np.arange(len(t.tasks)), np.argmax(t.scores[rm], axis=1)]
+    picked: FloatArray = t.quality[np.arange(len(t.tasks)), np.argmax(t.scores[rm], axis=1)]
+    return picked
 
 
 def ensemble_quality(t: Table, rms: Sequence[str] | None = None) -> dict[str, FloatArray]:
     rms = list(rms or t.rms)
     idx = np.arange(len(t.tasks))
     mean = ensemble_mean_scores(t, rms)
-    votes = np.zeros_like(t.quality)
-    for r in rms:
-        votes[idx, np.argmax(t.scores[r], axis=1)] += 1
     return {
         "ensemble_mean": t.quality[idx, np.argmax(mean, axis=1)],
-        "ensemble_vote": t.quality[idx, np.argmax(votes + 0.5 * mean, axis=1)],
+        "ensemble_vote": t.quality[idx, np.argmax(votes(t, rms) + 0.5 * mean, axis=1)],
     }
 
 

@@ -173,13 +173,22 @@ def run_ensemble_mean(t: Table, order: IntArray | None = None) -> Run:
     return _result("ensemble_mean", t, picks, order, every_rm=True)
 
 
+def votes(t: Table, rms: Sequence[str] | None = None) -> FloatArray:
+    """Per item and candidate, how many RMs rank it first. An RM that scores every candidate
+    of an item alike has no preference there and abstains (it does not vote for the first)."""
+    out = np.zeros_like(t.quality)
+    idx = np.arange(len(t.tasks))
+    for r in rms or t.rms:
+        s = t.scores[r]
+        decided = s.max(axis=1) > s.min(axis=1)
+        out[idx[decided], np.argmax(s, axis=1)[decided]] += 1
+    return out
+
+
 def run_ensemble_vote(t: Table, order: IntArray | None = None) -> Run:
     """Each RM votes for its top candidate; most votes wins, ties by the mean ensemble."""
-    votes = np.zeros_like(t.quality)
-    for r in t.rms:
-        votes[np.arange(len(t.tasks)), np.argmax(t.scores[r], axis=1)] += 1
     # Votes dominate; the mean ensemble (in [0, 1]) only breaks ties between them.
-    picks = np.argmax(votes + 0.5 * ensemble_mean_scores(t), axis=1)
+    picks = np.argmax(votes(t) + 0.5 * ensemble_mean_scores(t), axis=1)
     return _result("ensemble_vote", t, picks, order, every_rm=True)
 
 
