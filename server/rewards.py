@@ -134,6 +134,7 @@ class RelevanceRM:
 
 class ArithmeticVerifierRM:
     kind = "arith"
+    version = 1  # bump when the scoring changes (evaluation caches key on it)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -144,6 +145,7 @@ class ArithmeticVerifierRM:
 
 class GroundingRM:
     kind = "grounding"
+    version = 1  # bump when the scoring changes (evaluation caches key on it)
 
     def __init__(self, name: str, top_k: int = 3) -> None:
         self.name, self.top_k = name, top_k

@@ -289,8 +289,13 @@ async def collect(
         }
     # What identifies an RM in the score cache: its config entry when it has one.
     specs: dict[str, RewardModelSpec] = {s.name: s for s in settings.reward_models}
+    # An RM's `version` (when it has one) changes whenever its scoring changes, so cached
+    # scores of an older version are not reused.
     rm_ids = {
-        name: specs[name].model_dump() if name in specs else {"name": name, "kind": rm.kind}
+        name: {
+            **(specs[name].model_dump() if name in specs else {"name": name, "kind": rm.kind}),
+            **({"version": rm.version} if getattr(rm, "version", None) else {}),
+        }
         for name, rm in reward_models.items()
     }
 
