@@ -844,7 +844,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _cli(a: Any) -> None:
-    from laser.server.cli import offline_environment
+    from laser.server.runtime import offline_environment
 
     offline_environment()
     base = BenchConfig.quick_config() if a.quick else BenchConfig()

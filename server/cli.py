@@ -9,19 +9,7 @@ import signal
 import sys
 from typing import Any
 
-
-def offline_environment() -> None:
-    """What every command sets before vLLM/transformers are imported (they read it then):
-    no hub access, a small CPU KV cache unless the user chose one."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-def log_to_stderr() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+from laser.server.runtime import log_to_stderr, offline_environment
 
 
 def _serve(args: argparse.Namespace) -> None:

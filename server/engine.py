@@ -142,7 +142,9 @@ class VLLMEngine:
         enable_lora: bool = False,
         max_lora_rank: int = 16,
     ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        # The configured size wins (vLLM reads it when the engine starts); without it vLLM-CPU
+        # reserves ~14 GiB.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from laser.server.cli import log_to_stderr, offline_environment
+from laser.server.runtime import log_to_stderr, offline_environment
 
 
 def add_parser(sub: Any) -> None:

@@ -1,0 +1,20 @@
+"""What every command sets up before it loads anything heavy: the offline environment and
+logging. Subcommands import this module; it imports nothing of the project."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def offline_environment() -> None:
+    """No hub access: set before vLLM/transformers are imported (they read it then). The KV
+    cache size on CPU is the engine's setting (`engine.kv_cache_gib`), applied by the engine."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
