@@ -13,12 +13,14 @@ echo "== ruff"
 "$V/ruff" format --check .
 
 echo "== mypy"
-# mypy cannot follow setuptools' editable finder (laser.bandit -> bandit/), so give it the
-# import layout as symlinks.
+# mypy cannot follow setuptools' editable finder (laser.bandit -> bandit/), and no mypy
+# setting maps an import name onto a folder of another name (mypy_path and
+# explicit_package_bases take package names from folder names), so give it the import
+# layout as symlinks.
 tc=build/typecheck/laser
 mkdir -p "$tc"
 for pkg in bandit client server; do ln -sfn "../../../$pkg" "$tc/$pkg"; done
-MYPYPATH=build/typecheck "$V/mypy" -p laser.bandit -p laser.client
+MYPYPATH=build/typecheck "$V/mypy" -p laser.bandit -p laser.client -p laser.server
 
 echo "== pytest"
 "$V/python" -m pytest "$@"

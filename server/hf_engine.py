@@ -15,10 +15,17 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from laser.server.engine import Adapter, Completion, EngineError, Generation, Sampling, VLLMEngine
+from laser.server.engine_api import (
+    Adapter,
+    Completion,
+    EngineError,
+    Generation,
+    Sampling,
+    TokenizerChat,
+)
 
 
-class HFEngine:
+class HFEngine(TokenizerChat):
     supports_adapters = False
 
     def __init__(
@@ -38,9 +45,6 @@ class HFEngine:
         self._scoring_context = scoring_context or contextlib.nullcontext
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-
-    count_tokens = VLLMEngine.count_tokens
-    render_chat = VLLMEngine.render_chat
 
     @property
     def device(self) -> Any:

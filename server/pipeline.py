@@ -22,7 +22,7 @@ from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes
 from laser.server import answers
 from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import RewardModelSpec, Settings
-from laser.server.engine import Adapter, Engine, EngineError, Sampling
+from laser.server.engine import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
     BadRequestError,
     ConflictError,
@@ -263,8 +263,8 @@ class Reranker:
             if keep >= t:
                 out.append(d)
                 continue
-            ids = self.engine.tokenizer(d, add_special_tokens=False)["input_ids"]  # type: ignore[attr-defined]
-            out.append(self.engine.tokenizer.decode(ids[:keep]) + TRUNCATION_MARK)  # type: ignore[attr-defined]
+            ids = self.engine.tokenizer(d, add_special_tokens=False)["input_ids"]
+            out.append(self.engine.tokenizer.decode(ids[:keep]) + TRUNCATION_MARK)
         return out
 
     # -- generate ---------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class Reranker:
             )
         # Ids the caller chose are checked before any work; our own uuid4 ids need no
         # round trip (the primary key still guards both).
-        if check_id and await self._stored("read", self.store.get_decision(request_id)):
+        if check_id and await self._stored("read", self.store.get_decision(request_id)) is not None:
             raise ConflictError(f"request id {request_id!r} was used already", param="id")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -317,7 +317,7 @@ class Reranker:
             timings["featurize"] = time.perf_counter() - t
             return x
 
-        async def sample():  # type: ignore[no-untyped-def]
+        async def sample() -> Generation:
             t = time.perf_counter()
             sampling = Sampling(n, max_tokens, req.temperature, req.top_p, req.stop)  # type: ignore[arg-type]
             try:
@@ -435,7 +435,7 @@ class Reranker:
             score=scores[best],
             index=best,
             propensity=propensity,
-            selection=how,  # type: ignore[arg-type]
+            selection=how,
             model=self.engine.model_name,
             candidates=[
                 Candidate(text=c.text, score=sc, finish_reason=c.finish_reason, tokens=c.tokens)
@@ -515,7 +515,7 @@ class Reranker:
             raise NotFoundError(f"no reward model {name!r}", param="name")
         if not enabled and self.bandit.enabled_arms == [name]:
             raise ConflictError("cannot disable the last enabled reward model", param="name")
-        spec = RewardModelSpec(name=name, kind=self.reward_models[name].kind)  # type: ignore[arg-type]
+        spec = RewardModelSpec(name=name, kind=self.reward_models[name].kind)
         rows = {n: sj for n, sj, _ in self.store.reward_model_rows()}
         await self._stored(
             "reward_model",

@@ -294,7 +294,7 @@ async def collect(
     rm_ids = {
         name: {
             **(specs[name].model_dump() if name in specs else {"name": name, "kind": rm.kind}),
-            **({"version": rm.version} if getattr(rm, "version", None) else {}),
+            **({"version": v} if (v := getattr(rm, "version", None)) else {}),
         }
         for name, rm in reward_models.items()
     }

@@ -31,7 +31,7 @@ def plot_training(steps: list[dict[str, Any]], path: Path, title: str = "trainin
         ax.legend(fontsize=8)
 
     per_iter: dict[int, Counter[str]] = defaultdict(Counter)
-    per_task: dict[str, Counter[str]] = defaultdict(Counter)
+    per_task: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for s in steps:
         per_iter[s["iteration"]].update(s["rms"])
         # rms counts prompts per RM; in batch mode one RM served all of the batch's tasks.
