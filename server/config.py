@@ -13,9 +13,10 @@ Config file (TOML), every key optional:
     model = ""                     # empty: the embedded SmolLM2-135M-Instruct
     max_model_len = 2048
     [featurizer]
-    dim = 64                       # MiniLM (384-d) projected to this many dimensions
+    context = "kind"               # kind of query + 3 features; "projection": MiniLM to `dim`
     [bandit]
     alpha = 0.5
+    warmup = 2                     # tries per RM and kind of query before UCB
     [[reward_models]]
     name = "loglik"
     kind = "loglik"
@@ -60,7 +61,6 @@ class EngineSettings(_Section):
 
 
 class FeaturizerSettings(_Section):
-    kind: Literal["minilm"] = "minilm"
     model: str = Field("", description="sentence-encoder folder; empty = packaged MiniLM-L6")
     context: Literal["kind", "projection"] = Field(
         "kind",

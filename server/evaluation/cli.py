@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
             "report.json and PNG plots into --out. Tasks: arithmetic, gsm8k, gpqa, longqa, "
             "multidoc_qa, or the suites all, math, mc, qa. The engine and RMs come from "
             "--config / LASER_* / flags, as for `serve` (default: the embedded SmolLM2-135M "
-            "with loglik, agreement, relevance)."
+            "with arith, grounding, judge, loglik, agreement, relevance)."
         ),
     )
     p.add_argument("--tasks", default="all", help="comma-separated tasks/suites (default all)")

@@ -33,10 +33,6 @@ def item_kind(item: PromptItem) -> str:
     return answers.answer_kind(item.task, item.reference)
 
 
-def metric_name(kind: str) -> str:
-    return "F1" if kind == "span" else "accuracy"
-
-
 def grade(text: str, reference: str, kind: str) -> Grade:
     """Grade one answer; see the module docstring."""
     if kind == "span":
