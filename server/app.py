@@ -7,7 +7,6 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,7 +17,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from laser.server.admission import Admission, BodyLimitMiddleware
 from laser.server.config import RewardModelSpec, Settings
-from laser.server.engine import Engine
 from laser.server.errors import (
     APIError,
     BadRequestError,
@@ -27,7 +25,6 @@ from laser.server.errors import (
     UnauthorizedError,
     error_body,
 )
-from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.metrics import Metrics
 from laser.server.openai_api import router as openai_router
 from laser.server.openai_api import run_generate
@@ -41,71 +38,13 @@ from laser.server.protocol import (
     GenerateResponse,
     PredictRequest,
 )
-from laser.server.rewards import build_reward_model
+from laser.server.services import Services, load_services
 from laser.server.store import Store
 from laser.server.training.api import restore_policy
 from laser.server.training.api import router as training_router
 from laser.server.training.jobs import JobManager
 
 log = logging.getLogger("laser.server")
-
-
-@dataclass
-class Services:
-    """The heavy, reusable parts: the engine and the sentence encoder."""
-
-    engine: Engine
-    encoder: SentenceEncoder
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()
-
-
-def load_services(settings: Settings) -> Services:
-    """Load the engine and the encoder named by `settings` (minutes at worst; logs progress)."""
-    from laser.server import assets
-    from laser.server.engine import VLLMEngine
-
-    e = settings.engine
-    enc_path = settings.featurizer.model or str(assets.minilm_path())
-    if e.model:
-        model_path, name = e.model, e.model.rstrip("/").split("/")[-1]
-    else:
-        model_path, name = (
-            str(assets.embedded_model(settings.model_cache)),
-            assets.EMBEDDED_MODEL_NAME,
-        )
-    engine: Engine
-    if e.kind == "remote":
-        from laser.server.engine import RemoteOpenAIEngine
-
-        if not e.url:
-            raise ValueError("engine.kind = 'remote' needs engine.url")
-        log.info("remote engine at %s (model %s)", e.url, e.served_name or name)
-        engine = RemoteOpenAIEngine(
-            e.url,
-            model=e.served_name or name,
-            tokenizer=e.tokenizer or model_path,
-            max_model_len=e.max_model_len,
-            api_key=e.api_key,
-        )
-        return Services(engine=engine, encoder=SentenceEncoder(enc_path))
-    log.info("starting engine: vLLM, model %s (%s)", name, model_path)
-    engine = VLLMEngine(
-        model_path,
-        name=name,
-        max_model_len=e.max_model_len,
-        seed=e.seed,
-        dtype=e.dtype,
-        tensor_parallel_size=e.tensor_parallel_size,
-        gpu_memory_utilization=e.gpu_memory_utilization,
-        kv_cache_gib=e.kv_cache_gib,
-        enforce_eager=e.enforce_eager,
-        enable_lora=e.enable_lora,
-        max_lora_rank=e.max_lora_rank,
-    )
-    log.info("loading sentence encoder %s", enc_path)
-    return Services(engine=engine, encoder=SentenceEncoder(enc_path))
 
 
 def http_server(
@@ -143,15 +82,12 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         own = services is None
         svc = load_services(settings) if services is None else services
         store = Store(settings.store_path)
-        featurizer = Featurizer.from_settings(svc.encoder, settings.featurizer)
-        rms = {
-            spec.name: build_reward_model(spec, engine=svc.engine, encoder=svc.encoder)
-            for spec in settings.reward_models
-        }
+        featurizer = svc.featurizer(settings)
+        rms = {spec.name: svc.reward_model(spec) for spec in settings.reward_models}
         metrics = Metrics()
 
         def build_rm(spec: RewardModelSpec) -> Any:
-            return build_reward_model(spec, engine=svc.engine, encoder=svc.encoder)
+            return svc.reward_model(spec)
 
         reranker = Reranker(settings, svc.engine, featurizer, rms, store, metrics, build_rm)
         await reranker.warmup()

@@ -41,8 +41,8 @@ import numpy as np
 from laser.server.prompts import format_documents
 
 if TYPE_CHECKING:
-    from laser.server.app import Services
     from laser.server.config import Settings
+    from laser.server.services import Services
 
 # The side-by-side prompts: short questions of the kinds the built-in RMs judge differently.
 PROMPTS = [
@@ -189,14 +189,9 @@ def _document(tokenizer: Any, tokens: int) -> str:
 # -- the run ------------------------------------------------------------------------------------
 class _Bench:
     def __init__(self, config: BenchConfig, settings: Settings, services: Services) -> None:
-        from laser.server.rewards import build_reward_model
-
         self.cfg, self.settings, self.svc = config, settings, services
         self.engine = services.engine
-        self.rms = {
-            spec.name: build_reward_model(spec, engine=services.engine, encoder=services.encoder)
-            for spec in settings.reward_models
-        }
+        self.rms = services.reward_models(settings.reward_models)
         self.url = ""
         self.http: Any = None
         # (client wall ms, reply) of every sequential short-prompt request: the overhead sample
@@ -603,7 +598,8 @@ async def run_bench(
     """
     import httpx
 
-    from laser.server.app import build_app, http_server, load_services
+    from laser.server.app import build_app, http_server
+    from laser.server.services import load_services
 
     own = services is None
     load_at_start = machine_info()["load_average_1m"]

@@ -67,7 +67,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def services(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from laser.server.app import load_services
+    from laser.server.services import load_services
 
     settings = make_settings(tmp_path_factory.mktemp("services"))
 

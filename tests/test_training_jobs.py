@@ -53,7 +53,7 @@ def _wait(client: httpx.Client, job_id: str, states: set[str], limit_s: float = 
 @pytest.fixture(scope="module")
 def lora_services(loop_thread: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A second engine, started with LoRA support (`engine.enable_lora`, off by default)."""
-    from laser.server.app import load_services
+    from laser.server.services import load_services
 
     settings = make_settings(tmp_path_factory.mktemp("lora"), engine={"enable_lora": True})
 

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
         command = f"laser-server eval (from Python: {vars(args)})"
 
     async def main() -> dict[str, Any]:
-        from laser.server.app import load_services
+        from laser.server.services import load_services
 
         # vLLM's AsyncLLM binds to the loop it starts on: load it inside this one.
         services = load_services(settings)

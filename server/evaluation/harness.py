@@ -42,7 +42,7 @@ from laser.server.evaluation.strategies import (
 )
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.protocol import GenerateRequest
-from laser.server.rewards import Query, RewardModel, build_reward_model
+from laser.server.rewards import Query, RewardModel
 
 log = logging.getLogger("laser.server")
 
@@ -278,15 +278,13 @@ async def collect(
     `reward_models` defaults to the RMs `settings` configures.
     """
     from laser.server.pipeline import Reranker
+    from laser.server.services import Services
     from laser.server.store import Store
 
     stats: dict[str, Any] = {"engine_generate_calls": 0, "rm_score_calls": 0}
     featurizer = Featurizer.from_settings(encoder, settings.featurizer)
     if reward_models is None:
-        reward_models = {
-            spec.name: build_reward_model(spec, engine=engine, encoder=encoder)
-            for spec in settings.reward_models
-        }
+        reward_models = Services(engine, encoder).reward_models(settings.reward_models)
     # What identifies an RM in the score cache: its config entry when it has one.
     specs: dict[str, RewardModelSpec] = {s.name: s for s in settings.reward_models}
     # An RM's `version` (when it has one) changes whenever its scoring changes, so cached

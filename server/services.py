@@ -1,0 +1,95 @@
+"""One place that builds the parts every command needs from `Settings`: the engine, the
+sentence encoder, the featurizer and the reward models. `serve`, `eval`, `bench` and `train`
+all use it, so a setting means the same everywhere.
+
+>>> # svc = load_services(settings); rms = svc.reward_models(settings.reward_models)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from laser.server import assets
+from laser.server.config import EngineSettings, RewardModelSpec, Settings
+from laser.server.engine_api import Engine
+from laser.server.featurize import Featurizer, SentenceEncoder
+from laser.server.rewards import RewardModel, build_reward_model
+
+log = logging.getLogger("laser.server")
+
+
+def model_path_and_name(engine: EngineSettings, cache_dir: Path) -> tuple[str, str]:
+    """The policy's folder and served name: `engine.model`, or the embedded SmolLM2 converted
+    into `cache_dir` (once)."""
+    if engine.model:
+        return engine.model, engine.model.rstrip("/").split("/")[-1]
+    return str(assets.embedded_model(cache_dir)), assets.EMBEDDED_MODEL_NAME
+
+
+def encoder_path(settings: Settings) -> str:
+    return settings.featurizer.model or str(assets.minilm_path())
+
+
+@dataclass
+class Services:
+    """The heavy, reusable parts (the engine and the sentence encoder) and what is built on
+    them."""
+
+    engine: Engine
+    encoder: SentenceEncoder
+
+    def featurizer(self, settings: Settings) -> Featurizer:
+        return Featurizer.from_settings(self.encoder, settings.featurizer)
+
+    def reward_model(self, spec: RewardModelSpec) -> RewardModel:
+        rm: RewardModel = build_reward_model(spec, engine=self.engine, encoder=self.encoder)
+        return rm
+
+    def reward_models(self, specs: Sequence[RewardModelSpec]) -> dict[str, RewardModel]:
+        return {spec.name: self.reward_model(spec) for spec in specs}
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def load_services(settings: Settings) -> Services:
+    """Load the engine and the encoder named by `settings` (minutes at worst; logs progress)."""
+    from laser.server.engine import VLLMEngine
+
+    e = settings.engine
+    enc_path = encoder_path(settings)
+    model_path, name = model_path_and_name(e, settings.model_cache)
+    engine: Engine
+    if e.kind == "remote":
+        from laser.server.engine import RemoteOpenAIEngine
+
+        if not e.url:
+            raise ValueError("engine.kind = 'remote' needs engine.url")
+        log.info("remote engine at %s (model %s)", e.url, e.served_name or name)
+        engine = RemoteOpenAIEngine(
+            e.url,
+            model=e.served_name or name,
+            tokenizer=e.tokenizer or model_path,
+            max_model_len=e.max_model_len,
+            api_key=e.api_key,
+        )
+        return Services(engine=engine, encoder=SentenceEncoder(enc_path))
+    log.info("starting engine: vLLM, model %s (%s)", name, model_path)
+    engine = VLLMEngine(
+        model_path,
+        name=name,
+        max_model_len=e.max_model_len,
+        seed=e.seed,
+        dtype=e.dtype,
+        tensor_parallel_size=e.tensor_parallel_size,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+        kv_cache_gib=e.kv_cache_gib,
+        enforce_eager=e.enforce_eager,
+        enable_lora=e.enable_lora,
+        max_lora_rank=e.max_lora_rank,
+    )
+    log.info("loading sentence encoder %s", enc_path)
+    return Services(engine=engine, encoder=SentenceEncoder(enc_path))
