@@ -31,7 +31,7 @@ from laser.server.errors import (
 )
 from laser.server.featurize import Featurizer
 from laser.server.metrics import Metrics
-from laser.server.prompts import TRUNCATION_MARK, format_documents
+from laser.server.prompts import Prepared, prepare
 from laser.server.protocol import (
     Candidate,
     FeedbackResponse,
@@ -54,15 +54,6 @@ class RMStats:
     feedback: int = 0
     reward_sum: float = 0.0
     last_error: str | None = None
-
-
-@dataclass
-class Prepared:
-    question: str
-    documents: list[str]
-    prompt: str
-    prompt_tokens: int
-    truncated: bool
 
 
 class Reranker:
@@ -206,66 +197,8 @@ class Reranker:
             out.append(f"store: {self.store_fault}")
         return out
 
-    # -- prompt -----------------------------------------------------------------------------
     def prepare(self, req: GenerateRequest, max_tokens: int) -> Prepared:
-        docs = [req.document] if req.document is not None else list(req.documents or [])
-        if req.messages is not None:
-            msgs = [m.model_dump() for m in req.messages]
-            users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-            if not users:
-                raise BadRequestError("`messages` needs a user message", param="messages")
-            question = msgs[users[-1]]["content"]
-        else:
-            assert req.prompt is not None
-            question = req.prompt
-            msgs = [{"role": "user", "content": question}]
-            users = [0]
-        budget = self.engine.max_model_len - max_tokens
-        policy = req.document_policy or self.settings.document_policy
-        truncated = False
-        for _ in range(4):
-            if docs:
-                msgs[users[-1]] = {"role": "user", "content": format_documents(question, docs)}
-            if req.raw and req.prompt is not None and not docs:
-                prompt = question
-            else:
-                prompt = self.engine.render_chat(msgs)
-            n_tokens = self.engine.count_tokens(prompt)
-            excess = n_tokens - budget
-            if excess <= 0:
-                return Prepared(question, docs, prompt, n_tokens, truncated)
-            doc_tokens = [self.engine.count_tokens(d) for d in docs]
-            if not docs or policy == "reject" or sum(doc_tokens) <= excess:
-                what = "prompt with its documents" if docs else "prompt"
-                raise BadRequestError(
-                    f"the {what} is {n_tokens} tokens; with max_tokens={max_tokens} the "
-                    f"model's context of {self.engine.max_model_len} tokens allows "
-                    f"{budget}. Shorten it, lower max_tokens"
-                    + (", or send document_policy='truncate'." if docs else "."),
-                    param="document" if docs else "prompt",
-                    code="context_length_exceeded",
-                )
-            docs = self._truncate(docs, doc_tokens, excess)
-            truncated = True
-        raise BadRequestError(
-            "could not fit the documents into the context",
-            param="document",
-            code="context_length_exceeded",
-        )
-
-    def _truncate(self, docs: list[str], doc_tokens: list[int], excess: int) -> list[str]:
-        """Cut every document's tail in proportion to its length (documented policy)."""
-        total = sum(doc_tokens)
-        keep_ratio = max(0.0, (total - excess - 16 * len(docs)) / total)
-        out = []
-        for d, t in zip(docs, doc_tokens, strict=True):
-            keep = int(t * keep_ratio)
-            if keep >= t:
-                out.append(d)
-                continue
-            ids = self.engine.tokenizer(d, add_special_tokens=False)["input_ids"]
-            out.append(self.engine.tokenizer.decode(ids[:keep]) + TRUNCATION_MARK)
-        return out
+        return prepare(req, self.engine, max_tokens, self.settings.document_policy)
 
     # -- generate ---------------------------------------------------------------------------
     def _ranked_arms(self, sel: Selection) -> list[str]:

@@ -1,7 +1,7 @@
 """The evaluation harness: sample once, score once, then let every strategy choose.
 
 1. Items: built-in tasks (`laser.server.evaluation.data`) and/or a user JSONL.
-2. Prompts are rendered exactly as serving renders them (`Reranker.prepare`: chat template,
+2. Prompts are rendered exactly as serving renders them (`prompts.prepare`: chat template,
    document template, truncation).
 3. For every item the n candidates come from ONE engine call, and a greedy decode from one
    more; both are cached on disk, keyed by model, prompt and sampling settings.
@@ -277,12 +277,10 @@ async def collect(
 
     `reward_models` defaults to the RMs `settings` configures.
     """
-    from laser.server.pipeline import Reranker
+    from laser.server.prompts import prepare
     from laser.server.services import Services
-    from laser.server.store import Store
 
     stats: dict[str, Any] = {"engine_generate_calls": 0, "rm_score_calls": 0}
-    featurizer = Featurizer.from_settings(encoder, settings.featurizer)
     if reward_models is None:
         reward_models = Services(engine, encoder).reward_models(settings.reward_models)
     # What identifies an RM in the score cache: its config entry when it has one.
@@ -298,30 +296,23 @@ async def collect(
     }
 
     # Prompts exactly as serving renders them (chat template, document template, truncation).
-    store = Store(":memory:")
-    try:
-        reranker = Reranker(settings, engine, featurizer, reward_models, store)
-        items: list[EvalItem] = []
-        for task, item in load_items(config):
-            req = GenerateRequest.model_validate(
-                {
-                    "prompt": item.prompt,
-                    "documents": item.documents or None,
-                    "document_policy": "truncate",
-                }
-            )
-            try:
-                prep = reranker.prepare(req, config.max_tokens)
-            except Exception as exc:
-                raise DataError(f"item {item.id or item.prompt[:40]!r}: {exc}") from exc
-            kind = item_kind(item)
-            items.append(
-                EvalItem(
-                    task, item, kind, prep.prompt, prep.question, prep.documents, prep.truncated
-                )
-            )
-    finally:
-        store.close()
+    items: list[EvalItem] = []
+    for task, item in load_items(config):
+        req = GenerateRequest.model_validate(
+            {
+                "prompt": item.prompt,
+                "documents": item.documents or None,
+                "document_policy": "truncate",
+            }
+        )
+        try:
+            prep = prepare(req, engine, config.max_tokens)
+        except Exception as exc:
+            raise DataError(f"item {item.id or item.prompt[:40]!r}: {exc}") from exc
+        kind = item_kind(item)
+        items.append(
+            EvalItem(task, item, kind, prep.prompt, prep.question, prep.documents, prep.truncated)
+        )
     stats["items"] = len(items)
     stats["documents_truncated"] = sum(it.truncated for it in items)
 
