@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
 from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes, to_bytes
 from laser.server import answers
-from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.engine import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
@@ -40,20 +37,12 @@ from laser.server.protocol import (
     Usage,
 )
 from laser.server.rewards import Query, RewardModel
+from laser.server.rm_pool import AllRMsFailedError, RMPool
 from laser.server.store import Decision, DuplicateFeedbackError, Store, UnknownDecisionError
 
 log = logging.getLogger("laser.server")
 
 T = TypeVar("T")
-
-
-@dataclass
-class RMStats:
-    selected: int = 0
-    errors: int = 0
-    feedback: int = 0
-    reward_sum: float = 0.0
-    last_error: str | None = None
 
 
 class Reranker:
@@ -72,20 +61,18 @@ class Reranker:
         self.settings = settings
         self.engine = engine
         self.featurizer = featurizer
-        self.reward_models = dict(reward_models)
+        models = dict(reward_models)
         self.build_rm = build_rm
         self.store = store
         # RMs added or switched off through the admin API survive restarts.
         disabled: set[str] = set()
         for name, spec_json, enabled in store.reward_model_rows():
-            if name not in self.reward_models and build_rm is not None:
-                self.reward_models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json))
+            if name not in models and build_rm is not None:
+                models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json))
             if not enabled:
                 disabled.add(name)
         self.metrics = metrics or Metrics()
-        self.stats = {name: RMStats() for name in self.reward_models}
-        self.breakers = {name: self._new_breaker() for name in self.reward_models}
-        self.metrics.registry.register(BreakerCollector(self.breakers))
+        self.rms = RMPool(models, settings.breaker, self.metrics, settings.rm_timeout_s)
         # Faults of the engine and the store, for /health: the last error while the fault
         # lasts (cleared by the next success).
         self.engine_fault: str | None = None
@@ -102,7 +89,7 @@ class Reranker:
             warmup=b.warmup,
             regions=featurizer.regions,
         )
-        self.bandit = LinUCB(self.bandit_config, list(self.reward_models))
+        self.bandit = LinUCB(self.bandit_config, list(self.rms.models))
         self._feedback_seq = 0
         self._since_snapshot = 0
         self._restore()
@@ -133,11 +120,11 @@ class Reranker:
                 self.bandit, after = restored, seq
             except (StateError, KeyError, TypeError, ValueError) as exc:
                 log.warning("bandit snapshot unusable (%s): replaying all feedback", exc)
-        for name in self.reward_models:  # RMs added to the config since the snapshot
+        for name in self.rms.models:  # RMs added to the config since the snapshot
             if name not in self.bandit.arms:
                 self.bandit.add_arm(name)
         for name in self.bandit.arms:  # RMs no longer configured stay known but unused
-            if name not in self.reward_models:
+            if name not in self.rms:
                 self.bandit.disable_arm(name)
         replayed = 0
         for row in self.store.feedback_after(after):
@@ -150,10 +137,6 @@ class Reranker:
             log.info("bandit restored: snapshot at feedback %d, %d replayed", after, replayed)
 
     # -- faults -----------------------------------------------------------------------------
-    def _new_breaker(self) -> CircuitBreaker:
-        b = self.settings.breaker
-        return CircuitBreaker(b.failures, b.cooldown_s)
-
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}
 
@@ -180,17 +163,11 @@ class Reranker:
         """The bandit's choice among enabled arms whose circuit is not open (all of them if
         every one is open). Propensities are over the arms actually eligible."""
         enabled = self.bandit.enabled_arms
-        healthy = [a for a in enabled if a not in self.breakers or self.breakers[a].available()]
-        return self.bandit.select(x, among=healthy or enabled)
+        return self.bandit.select(x, among=self.rms.healthy(enabled) or enabled)
 
     def faults(self) -> list[str]:
         """Current faults, one line each; empty when healthy (`/health` status `ok`)."""
-        out = []
-        for name, breaker in self.breakers.items():
-            if breaker.state != "closed":
-                out.append(f"reward model {name}: circuit {breaker.state}")
-            elif breaker.consecutive:
-                out.append(f"reward model {name}: {self.stats[name].last_error}")
+        out = self.rms.faults()
         if self.engine_fault is not None:
             out.append(f"engine: {self.engine_fault}")
         if self.store_fault is not None:
@@ -207,13 +184,6 @@ class Reranker:
         rest = sorted((a for a in ucb if a != sel.arm), key=lambda a: -ucb[a])
         return [sel.arm, *rest]
 
-    async def _score(self, arm: str, query: Query, texts: list[str]) -> list[float]:
-        rm = self.reward_models[arm]
-        scores = await asyncio.wait_for(rm.score(query, texts), self.settings.rm_timeout_s)
-        if len(scores) != len(texts) or not all(math.isfinite(s) for s in scores):
-            raise ValueError(f"RM {arm} returned {len(scores)} scores with NaN/inf or wrong length")
-        return [float(s) for s in scores]
-
     async def generate(
         self, req: GenerateRequest, request_id: str, check_id: bool = True
     ) -> GenerateResponse:
@@ -227,10 +197,10 @@ class Reranker:
                 f"max_tokens={max_tokens} is above this server's limit of {s.max_tokens_limit}",
                 param="max_tokens",
             )
-        if req.reward_model is not None and req.reward_model not in self.reward_models:
+        if req.reward_model is not None and req.reward_model not in self.rms:
             raise BadRequestError(
                 f"unknown reward_model {req.reward_model!r}; available: "
-                f"{', '.join(self.reward_models)}",
+                f"{', '.join(self.rms.models)}",
                 param="reward_model",
             )
         # Ids the caller chose are checked before any work; our own uuid4 ids need no
@@ -283,49 +253,20 @@ class Reranker:
         texts = [c.text for c in gen.completions]
         query = Query(prep.question, prep.prompt, prep.documents, req.task, req.reference)
         t = time.perf_counter()
-        scores: list[float] | None = None
-        used = order[0]
-        # Open circuits are skipped, unless every arm is open: then all are tried anyway.
-        open_arms = {a for a in order if not self.breakers[a].available()}
-        if len(open_arms) == len(order):
-            open_arms = set()
-        for arm in order:
-            if arm in open_arms:
-                continue
-            breaker = self.breakers[arm]
-            breaker.begin()
-            try:
-                scores = await self._score(arm, query, texts)
-            except asyncio.CancelledError:
-                breaker.abandon()
-                raise
-            except Exception as exc:  # an RM fault never fails the request
-                breaker.failure()
-                self.stats[arm].errors += 1
-                self.stats[arm].last_error = f"{type(exc).__name__}: {exc}"[:300]
-                self.metrics.rm_errors.labels(arm).inc()
-                log.warning(
-                    "reward model %s failed (circuit %s): %s",
-                    arm,
-                    breaker.state,
-                    self.stats[arm].last_error,
-                )
-            else:
-                breaker.success()
-                used = arm
-                break
-        if scores is None:
+        try:
+            used, scores = await self.rms.score(order, query, texts)
+        except AllRMsFailedError as exc:
             raise ServiceUnavailableError(
                 "every reward model failed",
                 code="reward_models_failed",
                 headers=self._retry_after(),
-            )
+            ) from exc
         timings["score"] = time.perf_counter() - t
         if used != order[0]:
             how = "fallback"
         propensity = sel.propensity if (sel is not None and how == "bandit") else 1.0
         best = int(np.argmax(scores))
-        self.stats[used].selected += 1
+        self.rms.stats[used].selected += 1
         self.metrics.rm_selected.labels(used, how).inc()
 
         t = time.perf_counter()
@@ -406,8 +347,8 @@ class Reranker:
         if applied:
             self.bandit.update(decision.arm, decision.context, reward)
         self._feedback_seq = seq
-        if decision.arm in self.stats:
-            st = self.stats[decision.arm]
+        if decision.arm in self.rms.stats:
+            st = self.rms.stats[decision.arm]
             st.feedback += 1
             st.reward_sum += reward
         self.metrics.feedback.labels(decision.arm).inc()
@@ -425,7 +366,7 @@ class Reranker:
     # -- admin ------------------------------------------------------------------------------
     async def add_reward_model(self, spec: RewardModelSpec) -> None:
         """A new RM while serving: a new bandit arm, starting from the prior."""
-        if spec.name in self.bandit.arms or spec.name in self.reward_models:
+        if spec.name in self.bandit.arms or spec.name in self.rms:
             raise ConflictError(f"reward model {spec.name!r} exists already", param="name")
         if self.build_rm is None:
             raise BadRequestError("this server cannot build reward models at run time")
@@ -438,17 +379,15 @@ class Reranker:
         await self._stored(
             "reward_model", self.store.put_reward_model(spec.name, spec.model_dump_json(), True)
         )
-        self.reward_models[spec.name] = rm
-        self.stats[spec.name] = RMStats()
-        self.breakers[spec.name] = self._new_breaker()
+        self.rms.add(spec.name, rm)
         self.bandit.add_arm(spec.name)
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
-        if name not in self.reward_models:
+        if name not in self.rms:
             raise NotFoundError(f"no reward model {name!r}", param="name")
         if not enabled and self.bandit.enabled_arms == [name]:
             raise ConflictError("cannot disable the last enabled reward model", param="name")
-        spec = RewardModelSpec(name=name, kind=self.reward_models[name].kind)
+        spec = RewardModelSpec(name=name, kind=self.rms.models[name].kind)
         rows = {n: sj for n, sj, _ in self.store.reward_model_rows()}
         await self._stored(
             "reward_model",
@@ -495,15 +434,7 @@ class Reranker:
                 name: {
                     "enabled": self.bandit.is_enabled(name),
                     "updates": self.bandit.pulls[self.bandit.index(name)],
-                    "selected": self.stats[name].selected if name in self.stats else 0,
-                    "errors": self.stats[name].errors if name in self.stats else 0,
-                    "mean_feedback": (
-                        self.stats[name].reward_sum / self.stats[name].feedback
-                        if name in self.stats and self.stats[name].feedback
-                        else None
-                    ),
-                    "last_error": self.stats[name].last_error if name in self.stats else None,
-                    **(self.breakers[name].status() if name in self.breakers else {}),
+                    **self.rms.status(name),
                 }
                 for name in self.bandit.arms
             },

@@ -332,7 +332,7 @@ def test_faulty_rm_falls_back_trips_the_breaker_and_is_retried(
     )
     live = start_server(settings)
     clock = ManualClock()
-    live.app.state.reranker.breakers["flaky"].clock = clock
+    live.app.state.reranker.rms.breakers["flaky"].clock = clock
     forced = {"prompt": "What is 4 + 4?", "n": 2, "max_tokens": 6, "reward_model": "flaky"}
 
     def flaky() -> dict[str, Any]:

@@ -215,7 +215,7 @@ def test_failing_rm_falls_back_to_next_arm(start_server: Any, tmp_path: Any, mod
     live = start_server(make_settings(tmp_path))
     try:
         reranker = live.app.state.reranker
-        reranker.reward_models["relevance"] = BrokenRM("relevance", mode)
+        reranker.rms.models["relevance"] = BrokenRM("relevance", mode)
         r = post(
             live,
             "/generate",
