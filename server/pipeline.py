@@ -16,8 +16,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from laser.bandit import LinUCB, LinUCBConfig, Selection, StateError, from_bytes, to_bytes
+from laser.bandit import LinUCBConfig, Selection, to_bytes
 from laser.server import answers
+from laser.server.bandit_store import restore_bandit
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.engine import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
@@ -89,52 +90,11 @@ class Reranker:
             warmup=b.warmup,
             regions=featurizer.regions,
         )
-        self.bandit = LinUCB(self.bandit_config, list(self.rms.models))
-        self._feedback_seq = 0
+        self.bandit, self._feedback_seq = restore_bandit(store, self.bandit_config, self.rms.models)
         self._since_snapshot = 0
-        self._restore()
         for name in disabled:
             if name in self.bandit.arms:
                 self.bandit.disable_arm(name)
-
-    # -- restore ----------------------------------------------------------------------------
-    def _restore(self) -> None:
-        """Latest snapshot, then replay of every feedback after it."""
-        after = 0
-        snap = self.store.latest_snapshot()
-        if snap is not None:
-            seq, blob = snap
-            try:
-                state = from_bytes(blob)
-                saved = state["meta"]["config"]
-                if (saved["dim"], saved.get("regions", 0)) != (
-                    self.featurizer.dim,
-                    self.featurizer.regions,
-                ):
-                    raise StateError("the context changed (dimension or regions)")
-                restored = LinUCB(LinUCBConfig(**saved))
-                restored.load_state_dict(state)
-                # What was learnt comes from the snapshot; alpha, epsilon and warm-up from
-                # today's settings, so an operator's change takes effect on restart.
-                restored.config = self.bandit_config
-                self.bandit, after = restored, seq
-            except (StateError, KeyError, TypeError, ValueError) as exc:
-                log.warning("bandit snapshot unusable (%s): replaying all feedback", exc)
-        for name in self.rms.models:  # RMs added to the config since the snapshot
-            if name not in self.bandit.arms:
-                self.bandit.add_arm(name)
-        for name in self.bandit.arms:  # RMs no longer configured stay known but unused
-            if name not in self.rms:
-                self.bandit.disable_arm(name)
-        replayed = 0
-        for row in self.store.feedback_after(after):
-            if row.arm in self.bandit.arms and row.context.shape == (self.featurizer.dim,):
-                self.bandit.update(row.arm, row.context, row.reward)
-                replayed += 1
-            self._feedback_seq = row.seq
-        self._feedback_seq = max(self._feedback_seq, after)
-        if snap is not None or replayed:
-            log.info("bandit restored: snapshot at feedback %d, %d replayed", after, replayed)
 
     # -- faults -----------------------------------------------------------------------------
     def _retry_after(self) -> dict[str, str]:
@@ -184,9 +144,8 @@ class Reranker:
         rest = sorted((a for a in ucb if a != sel.arm), key=lambda a: -ucb[a])
         return [sel.arm, *rest]
 
-    async def generate(
-        self, req: GenerateRequest, request_id: str, check_id: bool = True
-    ) -> GenerateResponse:
+    def _limits(self, req: GenerateRequest) -> tuple[int, int]:
+        """(n, max_tokens) of a request, or a 400 when it asks for more than allowed."""
         s = self.settings
         n = req.n or s.n_default
         if n > s.n_max:
@@ -203,6 +162,40 @@ class Reranker:
                 f"{', '.join(self.rms.models)}",
                 param="reward_model",
             )
+        return n, max_tokens
+
+    async def _sample(self, prompt: str, sampling: Sampling) -> Generation:
+        try:
+            g = await self.engine.generate(prompt, sampling, self.adapter)
+        except EngineError as exc:
+            self.metrics.engine_errors.inc()
+            self.engine_fault = f"{exc}"[:300]
+            raise ServiceUnavailableError(
+                f"generation failed: {exc}", code="engine_error", headers=self._retry_after()
+            ) from exc
+        self.engine_fault = None
+        return g
+
+    def _choose(self, x: np.ndarray, forced: str | None) -> tuple[Selection | None, list[str]]:
+        """The bandit's selection (None when the request forces an RM) and the order in which
+        RMs are tried: the chosen one first, then the others by UCB (fallbacks)."""
+        if forced is not None:
+            return None, [forced, *[a for a in self.bandit.enabled_arms if a != forced]]
+        sel = self._select(x)
+        return sel, self._ranked_arms(sel)
+
+    async def _timed(self, timings: dict[str, float], stage: str, call: Awaitable[T]) -> T:
+        t = time.perf_counter()
+        result = await call
+        timings[stage] = time.perf_counter() - t
+        return result
+
+    async def generate(
+        self, req: GenerateRequest, request_id: str, check_id: bool = True
+    ) -> GenerateResponse:
+        """Fit the prompt, sample n candidates while the context is computed, let the bandit
+        pick an RM, score with it (falling back on faults), log the decision durably, answer."""
+        n, max_tokens = self._limits(req)
         # Ids the caller chose are checked before any work; our own uuid4 ids need no
         # round trip (the primary key still guards both).
         if check_id and await self._stored("read", self.store.get_decision(request_id)) is not None:
@@ -211,109 +204,89 @@ class Reranker:
         timings: dict[str, float] = {}
         prep = self.prepare(req, max_tokens)
         timings["prepare"] = time.perf_counter() - t0
-
-        async def featurize() -> np.ndarray:
-            t = time.perf_counter()
-            x = await asyncio.to_thread(
-                self.featurizer.features, prep.question, bool(prep.documents), req.task
-            )
-            timings["featurize"] = time.perf_counter() - t
-            return x
-
-        async def sample() -> Generation:
-            t = time.perf_counter()
-            sampling = Sampling(n, max_tokens, req.temperature, req.top_p, req.stop)  # type: ignore[arg-type]
-            try:
-                g = await self.engine.generate(prep.prompt, sampling, self.adapter)
-            except EngineError as exc:
-                self.metrics.engine_errors.inc()
-                self.engine_fault = f"{exc}"[:300]
-                raise ServiceUnavailableError(
-                    f"generation failed: {exc}", code="engine_error", headers=self._retry_after()
-                ) from exc
-            self.engine_fault = None
-            timings["generate"] = time.perf_counter() - t
-            return g
-
+        sampling = Sampling(n, max_tokens, req.temperature, req.top_p, req.stop)  # type: ignore[arg-type]
+        featurize = asyncio.to_thread(
+            self.featurizer.features, prep.question, bool(prep.documents), req.task
+        )
         # The featurizer and the engine work at the same time: the context is ready long
         # before the candidates are.
-        x, gen = await asyncio.gather(featurize(), sample())
+        x, gen = await asyncio.gather(
+            self._timed(timings, "featurize", featurize),
+            self._timed(timings, "generate", self._sample(prep.prompt, sampling)),
+        )
         t = time.perf_counter()
-        if req.reward_model is not None:
-            sel, how = None, "forced"
-            order = [
-                req.reward_model,
-                *[a for a in self.bandit.enabled_arms if a != req.reward_model],
-            ]
-        else:
-            sel, how = self._select(x), "bandit"
-            order = self._ranked_arms(sel)
+        sel, order = self._choose(x, req.reward_model)
         timings["select"] = time.perf_counter() - t
 
         texts = [c.text for c in gen.completions]
         query = Query(prep.question, prep.prompt, prep.documents, req.task, req.reference)
-        t = time.perf_counter()
         try:
-            used, scores = await self.rms.score(order, query, texts)
+            used, scores = await self._timed(timings, "score", self.rms.score(order, query, texts))
         except AllRMsFailedError as exc:
             raise ServiceUnavailableError(
                 "every reward model failed",
                 code="reward_models_failed",
                 headers=self._retry_after(),
             ) from exc
-        timings["score"] = time.perf_counter() - t
+        how = "forced" if sel is None else "bandit"
         if used != order[0]:
             how = "fallback"
         propensity = sel.propensity if (sel is not None and how == "bandit") else 1.0
         best = int(np.argmax(scores))
         self.rms.stats[used].selected += 1
         self.metrics.rm_selected.labels(used, how).inc()
-
-        t = time.perf_counter()
-        # A decision that cannot be written is not answered: 503, the caller retries.
-        await self._stored(
-            "decision",
-            self.store.add_decision(
-                Decision(
-                    id=request_id,
-                    created=time.time(),
-                    prompt=prep.question,
-                    task=req.task,
-                    has_document=bool(prep.documents),
-                    arm=used,
-                    propensity=propensity,
-                    selection=how,
-                    context=x,
-                    scores=list(scores),
-                    chosen=best,
-                    model=self.engine.model_name,
-                )
-            ),
+        decision = Decision(
+            id=request_id,
+            created=time.time(),
+            prompt=prep.question,
+            task=req.task,
+            has_document=bool(prep.documents),
+            arm=used,
+            propensity=propensity,
+            selection=how,
+            context=x,
+            scores=list(scores),
+            chosen=best,
+            model=self.engine.model_name,
         )
-        timings["store"] = time.perf_counter() - t
+        # A decision that cannot be written is not answered: 503, the caller retries.
+        await self._timed(
+            timings, "store", self._stored("decision", self.store.add_decision(decision))
+        )
         timings["total"] = time.perf_counter() - t0
+        return self._respond(req, decision, prep, gen, timings)
+
+    def _respond(
+        self,
+        req: GenerateRequest,
+        d: Decision,
+        prep: Prepared,
+        gen: Generation,
+        timings: dict[str, float],
+    ) -> GenerateResponse:
         for stage, secs in timings.items():
             self.metrics.stage_seconds.labels(stage).observe(secs)
         completion_tokens = sum(c.tokens for c in gen.completions)
-        self.metrics.candidates.inc(len(texts))
+        self.metrics.candidates.inc(len(gen.completions))
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(completion_tokens)
+        text = gen.completions[d.chosen].text
         correct = None
         if req.reference is not None:
             kind = answers.answer_kind(req.task, req.reference)
-            correct = answers.matches(texts[best], req.reference, kind)
+            correct = answers.matches(text, req.reference, kind)
         return GenerateResponse(
-            id=request_id,
-            text=texts[best],
-            reward_model=used,
-            score=scores[best],
-            index=best,
-            propensity=propensity,
-            selection=how,
+            id=d.id,
+            text=text,
+            reward_model=d.arm,
+            score=d.scores[d.chosen],
+            index=d.chosen,
+            propensity=d.propensity,
+            selection=d.selection,
             model=self.engine.model_name,
             candidates=[
                 Candidate(text=c.text, score=sc, finish_reason=c.finish_reason, tokens=c.tokens)
-                for c, sc in zip(gen.completions, scores, strict=True)
+                for c, sc in zip(gen.completions, d.scores, strict=True)
             ]
             if req.return_candidates
             else None,

@@ -1,0 +1,56 @@
+"""The serving bandit's durability: restored at start from the newest snapshot in the store
+plus every feedback logged after it, so a restarted (even SIGKILLed) server predicts exactly
+as before. Snapshots themselves are written by the reranker (`Reranker.snapshot`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from laser.bandit import LinUCB, LinUCBConfig, StateError, from_bytes
+from laser.server.store import Store
+
+log = logging.getLogger("laser.server")
+
+
+def restore_bandit(store: Store, config: LinUCBConfig, arms: Iterable[str]) -> tuple[LinUCB, int]:
+    """The bandit to serve with, and the sequence number of the last feedback applied.
+
+    The newest snapshot is used when its context (dimension, regions) still fits `config`;
+    what it learnt is kept, while alpha, epsilon and warm-up come from `config`, so an
+    operator's change takes effect on restart. RMs configured now become arms (new ones from
+    the prior); arms no longer configured stay known but disabled. Feedback logged after the
+    snapshot is then replayed (feedback whose context no longer fits is skipped).
+    """
+    arms = list(arms)
+    bandit, after = LinUCB(config, arms), 0
+    snap = store.latest_snapshot()
+    if snap is not None:
+        seq, blob = snap
+        try:
+            state = from_bytes(blob)
+            saved = state["meta"]["config"]
+            if (saved["dim"], saved.get("regions", 0)) != (config.dim, config.regions):
+                raise StateError("the context changed (dimension or regions)")
+            restored = LinUCB(LinUCBConfig(**saved))
+            restored.load_state_dict(state)
+            restored.config = config
+            bandit, after = restored, seq
+        except (StateError, KeyError, TypeError, ValueError) as exc:
+            log.warning("bandit snapshot unusable (%s): replaying all feedback", exc)
+    for name in arms:  # RMs added to the config since the snapshot
+        if name not in bandit.arms:
+            bandit.add_arm(name)
+    for name in bandit.arms:  # RMs no longer configured stay known but unused
+        if name not in arms:
+            bandit.disable_arm(name)
+    replayed, last = 0, after
+    for row in store.feedback_after(after):
+        if row.arm in bandit.arms and row.context.shape == (config.dim,):
+            bandit.update(row.arm, row.context, row.reward)
+            replayed += 1
+        last = row.seq
+    if snap is not None or replayed:
+        log.info("bandit restored: snapshot at feedback %d, %d replayed", after, replayed)
+    return bandit, max(last, after)
