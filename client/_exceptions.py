@@ -7,8 +7,10 @@
      └── APIStatusError                 the server answered with a non-2xx status
           ├── BadRequestError           400
           ├── AuthenticationError       401
+          ├── PermissionDeniedError     403
           ├── NotFoundError             404
           ├── ConflictError             409
+          ├── RequestTooLargeError      413
           ├── UnprocessableEntityError  422
           ├── RateLimitError            429
           ├── InternalServerError       500 and other 5xx
@@ -71,12 +73,20 @@ class AuthenticationError(APIStatusError):
     pass
 
 
+class PermissionDeniedError(APIStatusError):
+    """403: e.g. a model or adapter folder outside the server's allowed roots."""
+
+
 class NotFoundError(APIStatusError):
     pass
 
 
 class ConflictError(APIStatusError):
     pass
+
+
+class RequestTooLargeError(APIStatusError):
+    """413: the request body is over the server's `max_body_bytes`."""
 
 
 class UnprocessableEntityError(APIStatusError):
@@ -98,8 +108,10 @@ class ServiceUnavailableError(InternalServerError):
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    413: RequestTooLargeError,
     422: UnprocessableEntityError,
     429: RateLimitError,
     503: ServiceUnavailableError,

@@ -46,8 +46,10 @@ def err(
     [
         (400, lc.BadRequestError),
         (401, lc.AuthenticationError),
+        (403, lc.PermissionDeniedError),
         (404, lc.NotFoundError),
         (409, lc.ConflictError),
+        (413, lc.RequestTooLargeError),
         (422, lc.UnprocessableEntityError),
         (429, lc.RateLimitError),
         (500, lc.InternalServerError),
