@@ -162,10 +162,10 @@ def check_input_size(req: GenerateRequest, settings: Settings) -> None:
 
 
 class BodyLimitMiddleware:
-    """Counts the body bytes as they arrive, so a body without a Content-Length (chunked
-    transfer) cannot grow past `max_body_bytes` either; the app's own check refuses an
-    announced Content-Length before reading anything. Past the limit it answers 413 itself
-    and tells the app the client is gone (so nothing more is read or answered).
+    """The one body limit: an announced Content-Length over `max_body_bytes` is refused
+    before anything is read; otherwise the body bytes are counted as they arrive, so a body
+    without a Content-Length (chunked transfer) cannot grow past the limit either. Either way
+    it answers 413 itself and tells the app the client is gone (nothing more is read).
 
         app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     """
@@ -176,6 +176,10 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        announced = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if announced.isdigit() and int(announced) > self.max_bytes:
+            await self._refuse(send, int(announced))
             return
         seen, refused = 0, False
 
@@ -198,10 +202,11 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited, guarded)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, length: int | None = None) -> None:
+        size = f"of {length} bytes " if length is not None else ""
         body = json.dumps(
             error_body(
-                f"request body is over the limit ({self.max_bytes} bytes)",
+                f"request body {size}is over the limit ({self.max_bytes} bytes)",
                 "invalid_request_error",
                 code="body_too_large",
             )

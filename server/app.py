@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -11,33 +10,24 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from laser.server.admission import Admission, BodyLimitMiddleware
+from laser.server.auth import require_admin, require_user
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.errors import (
     APIError,
-    BadRequestError,
-    ForbiddenError,
     ServiceUnavailableError,
-    UnauthorizedError,
     error_body,
 )
 from laser.server.metrics import Metrics
 from laser.server.openai_api import router as openai_router
-from laser.server.openai_api import run_generate
-from laser.server.paths import PathOptionError, confine_options
 from laser.server.pipeline import Reranker
 from laser.server.protocol import (
     ErrorResponse,
-    FeedbackRequest,
-    FeedbackResponse,
-    GenerateRequest,
-    GenerateResponse,
-    PredictRequest,
 )
+from laser.server.routes import admin_router, native_router
 from laser.server.services import Services, load_services
 from laser.server.store import Store
 from laser.server.training.api import restore_policy
@@ -176,18 +166,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return _error(500, error_body(f"internal error: {type(exc).__name__}", "internal_error"))
 
     @app.middleware("http")
-    async def _count_and_limit(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return _error(
-                413,
-                error_body(
-                    f"request body of {length} bytes is over the limit "
-                    f"({settings.max_body_bytes} bytes)",
-                    "invalid_request_error",
-                    code="body_too_large",
-                ),
-            )
+    async def _count(request: Request, call_next: Any) -> Response:
         metrics: Metrics | None = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.in_flight.inc()
@@ -202,124 +181,12 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
-    # Outermost: counts body bytes as they arrive (chunked bodies have no Content-Length).
+    # Outermost: refuses an announced Content-Length over the limit, and counts body bytes as
+    # they arrive (chunked bodies have no Content-Length).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
-    def _check_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        given = (
-            auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        )
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise UnauthorizedError(
-                "missing or wrong API key",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    # async: FastAPI runs plain-def dependencies in a worker thread, a thread hop per request
-    # that costs milliseconds on a busy machine.
-    async def require_admin(request: Request) -> None:
-        _check_key(request)
-
-    async def require_user(request: Request) -> None:
-        if settings.protect_generate:
-            _check_key(request)
-
-    user = [Depends(require_user)]
-    admin = [Depends(require_admin)]
-    app.include_router(openai_router, dependencies=user)
-    app.include_router(training_router, dependencies=admin)
-
-    @app.get("/admin/reward-models", dependencies=admin)
-    async def admin_rms(request: Request) -> dict[str, Any]:
-        return request.app.state.reranker.summary()["arms"]  # type: ignore[no-any-return]
-
-    @app.post("/admin/reward-models", dependencies=admin, status_code=201)
-    async def admin_add_rm(spec: RewardModelSpec, request: Request) -> dict[str, Any]:
-        reranker: Reranker = request.app.state.reranker
-        try:  # folders named over the API must lie under model_roots or the data dir
-            options = confine_options(spec.kind, spec.options, settings.api_path_roots)
-        except PathOptionError as exc:
-            error = BadRequestError if exc.allowed else ForbiddenError
-            raise error(str(exc), param=f"options.{exc.option}", code="path_not_allowed") from None
-        spec = spec.model_copy(update={"options": options})
-        await reranker.add_reward_model(spec)
-        return reranker.summary()["arms"][spec.name]  # type: ignore[index,no-any-return]
-
-    @app.post("/admin/reward-models/{name}/{action}", dependencies=admin)
-    async def admin_toggle_rm(name: str, action: str, request: Request) -> dict[str, Any]:
-        if action not in ("enable", "disable"):
-            raise BadRequestError("action must be enable or disable", param="action")
-        reranker: Reranker = request.app.state.reranker
-        await reranker.set_enabled(name, action == "enable")
-        return reranker.summary()["arms"][name]  # type: ignore[index,no-any-return]
-
-    @app.get("/admin/bandit", dependencies=admin)
-    async def admin_bandit(request: Request) -> dict[str, Any]:
-        return request.app.state.reranker.summary()  # type: ignore[no-any-return]
-
-    @app.post("/admin/bandit/snapshot", dependencies=admin)
-    async def admin_snapshot(request: Request) -> dict[str, Any]:
-        reranker: Reranker = request.app.state.reranker
-        await reranker.snapshot()
-        return {"snapshot": True, "feedback_seq": reranker.summary()["feedback_seq"]}
-
-    @app.post(
-        "/generate",
-        response_model=GenerateResponse,
-        response_model_exclude_none=True,
-        dependencies=user,
-    )
-    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
-        return await run_generate(request, body, "gen")
-
-    @app.post("/feedback", response_model=FeedbackResponse, dependencies=user)
-    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
-        reranker: Reranker = request.app.state.reranker
-        return await reranker.feedback(body.id, float(body.reward))
-
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
-        reranker: Reranker = request.app.state.reranker
-        summary = reranker.summary()
-        arms: dict[str, Any] = summary["arms"]  # type: ignore[assignment]
-        faults = reranker.faults()
-        try:
-            counts: dict[str, int] | None = reranker.store.counts()
-        except sqlite3.Error as exc:
-            counts, faults = None, [*faults, f"store: {exc}"]
-        return {
-            "status": "degraded" if faults else "ok",
-            "faults": faults,
-            "model": reranker.engine.model_name,
-            # The dtype the in-process engine was started with (null: remote, or unknown).
-            "engine": {
-                "dtype": getattr(reranker.engine, "dtype", None),
-                "dtype_reason": getattr(reranker.engine, "dtype_reason", None),
-            },
-            "reward_models": arms,
-            "counts": counts,
-            "admission": request.app.state.admission.status(),
-        }
-
-    @app.get("/bandit")
-    async def bandit(request: Request) -> dict[str, Any]:
-        reranker: Reranker = request.app.state.reranker
-        return reranker.summary()
-
-    @app.post("/bandit/predict")
-    async def bandit_predict(body: PredictRequest, request: Request) -> dict[str, Any]:
-        """What the bandit expects of each RM for this query, without choosing or logging."""
-        reranker: Reranker = request.app.state.reranker
-        return await reranker.predict(body.prompt, body.document is not None, body.task)
-
-    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
-    async def metrics_route(request: Request) -> Response:
-        return Response(
-            generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
-
+    app.include_router(openai_router, dependencies=[Depends(require_user)])
+    app.include_router(training_router, dependencies=[Depends(require_admin)])
+    app.include_router(admin_router, dependencies=[Depends(require_admin)])
+    app.include_router(native_router)
     return app

@@ -31,10 +31,14 @@ from laser.server.featurize import Featurizer
 from laser.server.metrics import Metrics
 from laser.server.prompts import Prepared, prepare
 from laser.server.protocol import (
+    ArmStatus,
+    BanditConfigInfo,
+    BanditSummary,
     Candidate,
     FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
+    PredictResponse,
     Usage,
 )
 from laser.server.rewards import Query, RewardModel
@@ -387,9 +391,9 @@ class Reranker:
 
     async def predict(
         self, question: str, has_document: bool, task: str | None = None
-    ) -> dict[str, object]:
+    ) -> PredictResponse:
         x = await asyncio.to_thread(self.featurizer.features, question, has_document, task)
-        return {"arms": self.bandit.predict(x)}
+        return PredictResponse.model_validate({"arms": self.bandit.predict(x)})
 
     async def snapshot(self) -> None:
         # Bytes are taken on the loop, so they match _feedback_seq exactly.
@@ -401,24 +405,25 @@ class Reranker:
         self.store.add_snapshot_sync(self._feedback_seq, to_bytes(self.bandit))
         self._since_snapshot = 0
 
-    def summary(self) -> dict[str, object]:
-        return {
-            "arms": {
-                name: {
-                    "enabled": self.bandit.is_enabled(name),
-                    "updates": self.bandit.pulls[self.bandit.index(name)],
-                    **self.rms.status(name),
-                }
-                for name in self.bandit.arms
-            },
-            "config": {
-                "dim": self.bandit.config.dim,
-                "alpha": self.bandit.config.alpha,
-                "ridge": self.bandit.config.ridge,
-                "epsilon": self.bandit.config.epsilon,
-                "warmup": self.bandit.config.warmup,
-                "regions": self.bandit.config.regions,
-                "context": self.featurizer.context,
-            },
-            "feedback_seq": self._feedback_seq,
-        }
+    def arm_status(self, name: str) -> ArmStatus:
+        return ArmStatus(
+            enabled=self.bandit.is_enabled(name),
+            updates=self.bandit.pulls[self.bandit.index(name)],
+            **self.rms.status(name),
+        )
+
+    def summary(self) -> BanditSummary:
+        c = self.bandit.config
+        return BanditSummary(
+            arms={name: self.arm_status(name) for name in self.bandit.arms},
+            config=BanditConfigInfo(
+                dim=c.dim,
+                alpha=c.alpha,
+                ridge=c.ridge,
+                epsilon=c.epsilon,
+                warmup=c.warmup,
+                regions=c.regions,
+                context=self.featurizer.context,
+            ),
+            feedback_seq=self._feedback_seq,
+        )

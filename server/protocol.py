@@ -128,3 +128,79 @@ class PredictRequest(BaseModel):
     prompt: str = Field(min_length=1)
     document: str | None = None
     task: str | None = Field(None, max_length=64)
+
+
+class ArmPrediction(BaseModel):
+    expectation: float
+    width: float
+    ucb: float
+
+
+class PredictResponse(BaseModel):
+    """What the bandit expects of each enabled RM for a query (no choice is made or logged)."""
+
+    arms: dict[str, ArmPrediction]
+
+
+class ArmStatus(BaseModel):
+    """One RM as the bandit and the RM pool see it (`/health`, `/admin/reward-models`)."""
+
+    enabled: bool
+    updates: int = Field(description="rewarded decisions the bandit learnt from")
+    selected: int
+    errors: int
+    mean_feedback: float | None
+    last_error: str | None
+    circuit: Literal["closed", "open", "half_open"] | None = None
+    consecutive_errors: int | None = None
+    circuit_trips: int | None = None
+    retry_in_s: float | None = None
+
+
+class BanditConfigInfo(BaseModel):
+    dim: int
+    alpha: float
+    ridge: float
+    epsilon: float
+    warmup: int
+    regions: int
+    context: str
+
+
+class BanditSummary(BaseModel):
+    arms: dict[str, ArmStatus]
+    config: BanditConfigInfo
+    feedback_seq: int
+
+
+class SnapshotResponse(BaseModel):
+    snapshot: bool
+    feedback_seq: int
+
+
+class EngineInfo(BaseModel):
+    dtype: str | None = Field(None, description="the in-process engine's dtype (null: remote)")
+    dtype_reason: str | None = None
+
+
+class AdmissionStatus(BaseModel):
+    active: int
+    waiting: int
+    max_concurrent: int
+    max_queue: int
+    rejected: dict[str, int]
+
+
+class StoreCounts(BaseModel):
+    decisions: int
+    feedback: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    faults: list[str]
+    model: str
+    engine: EngineInfo
+    reward_models: dict[str, ArmStatus]
+    counts: StoreCounts | None
+    admission: AdmissionStatus

@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import BreakerSettings
@@ -116,7 +117,7 @@ class RMPool:
                 out.append(f"reward model {name}: {self.stats[name].last_error}")
         return out
 
-    def status(self, name: str) -> dict[str, object]:
+    def status(self, name: str) -> dict[str, Any]:
         """Selections, errors, mean feedback and circuit of one RM (for /health, admin)."""
         if name not in self.stats:
             return {"selected": 0, "errors": 0, "mean_feedback": None, "last_error": None}
