@@ -1,0 +1,102 @@
+"""The bench's Markdown report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+
+# -- report -------------------------------------------------------------------------------------
+def _f(v: float, digits: int = 0) -> str:
+    return f"{v:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables (what `laser-server bench` prints)."""
+    m, cfg = results["machine"], results["config"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, load average "
+        f"{m['load_average_1m_at_start']} at the start and {m['load_average_1m']} at the end; vLLM "
+        f"{m['versions'].get('vllm')}, torch {m['versions'].get('torch')}. Model "
+        f"{results['model']} (max_model_len {results['max_model_len']}); RMs "
+        f"{', '.join(results['reward_models'])}; n={cfg['n']}, max_tokens={cfg['max_tokens']}, "
+        f"{cfg['rounds']} rounds{' (QUICK mode)' if cfg['quick'] else ''}.",
+        "",
+        "| variant | mean (ms) | p50 (ms) | vs engine + one RM | (median of rounds) "
+        "| vs engine alone |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["comparison"]["rows"].values():
+        lines.append(
+            f"| {row['label']} | {_f(row['mean_ms'])} | {_f(row['p50_ms'])} | "
+            f"{_f(row['vs_engine_rm'], 2)}x | {_f(row['median_round_vs_engine_rm'], 2)}x | "
+            f"{_f(row['vs_floor'], 2)}x |"
+        )
+    picked = results["comparison"]["rm_picked"]
+    counts = {rm: picked.count(rm) for rm in dict.fromkeys(picked)}
+    lines += [
+        "",
+        "RMs the bandit picked in those rounds: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        "",
+        "| target | measured | goal | met |",
+        "|---|---:|---|---|",
+    ]
+    for t in results["targets"]:
+        unit = " ms" if "ms" in t["goal"] else "x"
+        lines.append(
+            f"| {t['target']} | {_f(t['measured'], 2)}{unit} | {t['goal']} | "
+            f"{'yes' if t['met'] else '**no**'} |"
+        )
+    o = results["overhead"]
+    lines += [
+        "",
+        f"Server overhead (client wall time minus generation and scoring), {o['requests']} "
+        f"sequential requests: p50 {_f(o['p50_ms'], 1)} ms, p99 {_f(o['p99_ms'], 1)} ms. "
+        "Parts (p50): "
+        + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in o["parts_p50_ms"].items())
+        + ".",
+        "",
+        "| concurrency | requests | server req/s | p50 (ms) | p90 (ms) | p99 (ms) | refused "
+        "| engine alone req/s | server / engine |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["concurrency"]:
+        s, e = row["server"], row["engine"]
+        lines.append(
+            f"| {row['concurrency']} | {row['requests']} | {_f(s['rps'], 2)} | {_f(s['p50_ms'])} | "
+            f"{_f(s['p90_ms'])} | {_f(s['p99_ms'])} | {s['refused']} | {_f(e['rps'], 2)} | "
+            f"{_f(row['throughput_vs_engine'], 2)}x |"
+        )
+    lines += [
+        "",
+        "| n | server p50 (ms) | engine alone p50 (ms) | server / engine | server vs n=1 |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["n_scaling"]:
+        lines.append(
+            f"| {row['n']} | {_f(row['server_p50_ms'])} | {_f(row['engine_p50_ms'])} | "
+            f"{_f(row['vs_floor'], 2)}x | {_f(row['server_vs_n1'], 2)}x |"
+        )
+    lines += [
+        "",
+        "| document (target tokens) | document tokens | prompt tokens | server p50 (ms) "
+        "| engine alone p50 (ms) | server / engine | RM picked "
+        "| loglik RM on the samples: as served / from scratch (ms) | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in results["doc_scaling"]:
+        ll = (
+            f"{_f(row['loglik_reuse_ms'])} / {_f(row['loglik_scratch_ms'])} | "
+            f"{_f(row['loglik_speedup'], 2)}x"
+            if "loglik_speedup" in row
+            else "- | -"
+        )
+        lines.append(
+            f"| {row['target_tokens']} | {row['document_tokens']} | {row['prompt_tokens']} | "
+            f"{_f(row['server_p50_ms'])} | {_f(row['engine_p50_ms'])} | {_f(row['vs_floor'], 2)}x "
+            f"| {', '.join(row['rm_picked'])} | {ll} |"
+        )
+    return "\n".join(lines) + "\n"
