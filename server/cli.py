@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 
 from laser.server.runtime import log_to_stderr, offline_environment
 
@@ -18,23 +17,10 @@ def _serve(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from laser.server.app import build_app, http_server
-    from laser.server.config import load_settings
+    from laser.server.config import settings_from_flags
 
-    overrides: dict[str, Any] = {}
-    for key in ("host", "port", "data_dir", "n_max", "n_default", "document_policy"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    engine: dict[str, Any] = {}
-    if args.model is not None:
-        engine["model"] = args.model
-    if args.max_model_len is not None:
-        engine["max_model_len"] = args.max_model_len
-    if engine:
-        overrides["engine"] = engine
-    if args.alpha is not None:
-        overrides["bandit"] = {"alpha": args.alpha}
     try:
-        settings = load_settings(args.config, **overrides)
+        settings = settings_from_flags(args)
     except (ValidationError, OSError, ValueError) as exc:
         sys.exit(f"laser-server: bad configuration: {exc}")
     log_to_stderr()

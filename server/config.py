@@ -219,3 +219,44 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         else:
             data[key] = value
     return Settings(**data)
+
+
+# Flags several commands share (`serve`, `eval`, `bench`): argparse dest -> place in Settings.
+FLAG_PLACES: dict[str, tuple[str, ...]] = {
+    "host": ("host",),
+    "port": ("port",),
+    "data_dir": ("data_dir",),
+    "cache_dir": ("cache_dir",),
+    "n_max": ("n_max",),
+    "n_default": ("n_default",),
+    "document_policy": ("document_policy",),
+    "model": ("engine", "model"),
+    "max_model_len": ("engine", "max_model_len"),
+    "alpha": ("bandit", "alpha"),
+}
+
+
+def settings_from_flags(args: Any, **fixed: Any) -> Settings:
+    """Settings from `args.config` (a TOML file, if the command has one), the environment,
+    then each flag of `args` that was given (None means not given), then `fixed` (values a
+    command always sets; nested dicts merge into their section).
+
+    >>> import argparse
+    >>> settings_from_flags(argparse.Namespace(model="/m", alpha=None)).engine.model
+    '/m'
+    """
+    overrides: dict[str, Any] = {}
+    for dest, place in FLAG_PLACES.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if len(place) == 1:
+            overrides[place[0]] = value
+        else:
+            overrides.setdefault(place[0], {})[place[1]] = value
+    for key, value in fixed.items():
+        if isinstance(value, dict) and isinstance(overrides.get(key), dict):
+            overrides[key] = {**overrides[key], **value}
+        else:
+            overrides[key] = value
+    return load_settings(getattr(args, "config", None), **overrides)

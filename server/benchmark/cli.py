@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ from laser.server.benchmark.report import markdown
 from laser.server.benchmark.runner import run_bench
 
 if TYPE_CHECKING:
-    pass
+    from laser.server.config import Settings
 
 
 @dataclass
@@ -22,21 +22,14 @@ class BenchArgs:
     """What the CLI passes in (see `laser-server bench --help`)."""
 
     config: BenchConfig
+    settings: Settings
     out: Path = Path("laser-bench.json")
     markdown_out: Path | None = None
-    settings_overrides: dict[str, Any] = field(default_factory=dict)
-    config_file: str | None = None
 
 
 def main(args: BenchArgs) -> dict[str, Any]:
     """Load the engine, run the bench on a fresh event loop, print and save the results."""
-    import tempfile
-
-    from laser.server.config import load_settings
-
-    data = tempfile.mkdtemp(prefix="laser-bench-")
-    overrides: dict[str, Any] = {"data_dir": data, **args.settings_overrides}
-    settings = load_settings(args.config_file, **overrides)
+    settings = args.settings
 
     async def go() -> dict[str, Any]:
         # vLLM's AsyncLLM binds to the loop it first runs on: load it inside this one.
@@ -97,6 +90,9 @@ def add_parser(sub: Any) -> None:
 
 
 def _cli(a: Any) -> None:
+    import tempfile
+
+    from laser.server.config import settings_from_flags
     from laser.server.runtime import offline_environment
 
     offline_environment()
@@ -113,18 +109,16 @@ def _cli(a: Any) -> None:
     fields = {**asdict(base), **{k: v for k, v in given.items() if v is not None}}
     if a.no_naive_hf:
         fields["naive_hf"] = False
-    engine: dict[str, Any] = {"max_model_len": a.max_model_len, "enable_lora": a.enable_lora}
-    if a.model:
-        engine["model"] = a.model
-    overrides: dict[str, Any] = {
-        "engine": engine,
+    fixed: dict[str, Any] = {
+        # A fresh store per run: the bench's decisions never mix with a server's.
+        "data_dir": tempfile.mkdtemp(prefix="laser-bench-"),
+        "engine": {"enable_lora": a.enable_lora},
         # Enough slots for the highest concurrency level, so the server is compared with the
         # engine at the same concurrency (the default admits 16 at once, queues the rest).
         "max_concurrent": max(64, *fields["concurrency"]),
         "max_tokens_limit": max(1024, fields["max_tokens"]),
     }
-    if a.cache_dir is not None:
-        overrides["cache_dir"] = a.cache_dir
-    elif a.config is None:
-        overrides["cache_dir"] = Path("laser-data") / "cache"
-    main(BenchArgs(BenchConfig(**fields), a.out, a.markdown, overrides, a.config))
+    if a.cache_dir is None and a.config is None:  # the model converted by `serve` is reused
+        fixed["cache_dir"] = Path("laser-data") / "cache"
+    settings = settings_from_flags(a, **fixed)
+    main(BenchArgs(BenchConfig(**fields), settings, a.out, a.markdown))

