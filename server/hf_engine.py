@@ -18,14 +18,14 @@ from typing import Any
 from laser.server.engine_api import (
     Adapter,
     Completion,
+    EngineBase,
     EngineError,
     Generation,
     Sampling,
-    TokenizerChat,
 )
 
 
-class HFEngine(TokenizerChat):
+class HFEngine(EngineBase):
     supports_adapters = False
 
     def __init__(

@@ -20,7 +20,7 @@ from laser.bandit import LinUCBConfig, Selection, to_bytes
 from laser.server import answers
 from laser.server.bandit_store import restore_bandit
 from laser.server.config import RewardModelSpec, Settings
-from laser.server.engine import Adapter, Engine, EngineError, Generation, Sampling
+from laser.server.engine_api import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
     BadRequestError,
     ConflictError,

@@ -26,13 +26,12 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from laser.server import answers, verifiers
-from laser.server.config import RewardModelSpec
-from laser.server.engine import Engine
+from laser.server.engine_api import Engine
 from laser.server.featurize import SentenceEncoder
 from laser.server.prompts import format_documents
 
@@ -173,104 +172,6 @@ def normalized_mean(score_lists: Sequence[Sequence[float]]) -> list[float]:
     return [float(v) for v in np.mean(norm, axis=0)]
 
 
-def rm_texts(tokenizer: Any, query: Query, responses: Sequence[str]) -> list[str]:
-    """(question [+ documents], response) pairs in the RM's own chat template, if it has one."""
-    user = query.user_content
-    if tokenizer is not None and tokenizer.chat_template:
-        return [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": user}, {"role": "assistant", "content": r}],
-                tokenize=False,
-            )
-            for r in responses
-        ]
-    return [f"{user}\n\n{r}" for r in responses]
-
-
-class VLLMPoolingRM:
-    """A sequence-classification RM served by vLLM's pooling runner in this process
-    (`runner="pooling"`, classify with the activation off: raw scores)."""
-
-    kind = "vllm_pooling"
-
-    def __init__(self, name: str, path: str, max_model_len: int = 2048) -> None:
-        import threading
-
-        from transformers import AutoTokenizer
-        from vllm import LLM
-
-        self.name = name
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.llm = LLM(
-            model=path, runner="pooling", enforce_eager=True, max_model_len=max_model_len
-        )
-        self._lock = threading.Lock()  # the sync LLM is not re-entrant
-
-    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        from vllm import PoolingParams
-
-        texts = rm_texts(self.tokenizer, query, responses)
-        with self._lock:
-            outs = self.llm.encode(
-                texts,
-                pooling_task="classify",
-                use_tqdm=False,
-                pooling_params=PoolingParams(use_activation=False),
-            )
-        return [float(o.outputs.data.reshape(-1)[0]) for o in outs]
-
-    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        return await asyncio.to_thread(self._score, query, responses)
-
-
-class HFRewardModel:
-    """A transformers sequence-classification RM (RewardBench kind), batched, CPU or GPU.
-
-    The (question, response) pair goes through the RM's own chat template when it has one
-    (user turn, assistant turn); the first logit is the score.
-    """
-
-    kind = "hf"
-
-    def __init__(
-        self, name: str, path: str, device: str = "cpu", batch_size: int = 8, max_length: int = 2048
-    ) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.name, self.device = name, device
-        self.batch_size, self.max_length = batch_size, max_length
-        self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-
-    def texts(self, query: Query, responses: Sequence[str]) -> list[str]:
-        return rm_texts(self.tokenizer, query, responses)
-
-    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        torch = self._torch
-        texts = self.texts(query, responses)
-        out: list[float] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[i : i + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                out.extend(self.model(**batch).logits[:, 0].float().cpu().tolist())
-        return out
-
-    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        return await asyncio.to_thread(self._score, query, responses)
-
-
 JUDGE_TEMPLATE = (
     "{user}\n\nProposed answer: {response}\n\nIs the proposed answer correct? Reply with Yes or No."
 )
@@ -298,106 +199,3 @@ class JudgeRM:
             return yes - no
 
         return list(await asyncio.gather(*(one(r) for r in responses)))
-
-
-class RemoteRM:
-    """An RM behind HTTP, plain JSON protocol (documented in the README):
-
-        POST <url>  {"question", "prompt", "documents", "task", "responses": [...]}
-        200         {"scores": [float, ...]}   one per response, same order
-
-    Timeouts and retries (on connection errors, 429 and 5xx) are per call.
-    """
-
-    kind = "remote"
-
-    def __init__(
-        self,
-        name: str,
-        url: str,
-        timeout: float = 30.0,
-        retries: int = 2,
-        api_key: str | None = None,
-        protocol: str = "json",
-        model: str | None = None,
-        tokenizer: str | None = None,
-    ) -> None:
-        import httpx
-
-        if protocol not in ("json", "vllm_classify"):
-            raise ValueError(f"protocol must be json or vllm_classify, got {protocol!r}")
-        self.name, self.url, self.retries = name, url, retries
-        self.protocol, self.model = protocol, model
-        self.tokenizer: Any = None
-        if tokenizer:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
-        self._httpx = httpx
-
-    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        body: dict[str, Any]
-        if self.protocol == "vllm_classify":
-            # vLLM's /classify with the activation off (raw scores); the RM's chat template
-            # is applied here when its tokenizer is configured.
-            texts = rm_texts(self.tokenizer, query, responses)
-            body = {"model": self.model, "input": texts, "use_activation": False}
-        else:
-            body = {
-                "question": query.question,
-                "prompt": query.prompt,
-                "documents": query.documents,
-                "task": query.task,
-                "responses": list(responses),
-            }
-        for attempt in range(self.retries + 1):
-            try:
-                r = await self._http.post(self.url, json=body)
-            except self._httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-            else:
-                if r.status_code == 200 and self.protocol == "vllm_classify":
-                    data = sorted(r.json()["data"], key=lambda d: d["index"])
-                    return [float(d["probs"][0]) for d in data]
-                if r.status_code == 200:
-                    scores = r.json().get("scores")
-                    if not isinstance(scores, list):
-                        raise ValueError(f"remote RM {self.name} sent no `scores` list")
-                    return [float(s) for s in scores]
-                if (r.status_code != 429 and r.status_code < 500) or attempt == self.retries:
-                    raise RuntimeError(f"remote RM {self.name} answered {r.status_code}")
-            await asyncio.sleep(0.2 * 2**attempt)
-        raise RuntimeError("unreachable")
-
-
-def build_reward_model(spec: RewardModelSpec, *, engine: Engine, encoder: SentenceEncoder) -> Any:
-    """Instantiate the RM a config entry describes."""
-    opts = dict(spec.options)
-    if spec.kind == "loglik":
-        return LogLikelihoodRM(spec.name, engine)
-    if spec.kind == "agreement":
-        return AgreementRM(spec.name, use_reference=bool(opts.get("use_reference", True)))
-    if spec.kind == "relevance":
-        return RelevanceRM(spec.name, encoder, **opts)
-    if spec.kind == "judge":
-        return JudgeRM(spec.name, engine)
-    if spec.kind == "arith":
-        return ArithmeticVerifierRM(spec.name)
-    if spec.kind == "grounding":
-        return GroundingRM(spec.name, **opts)
-    if spec.kind == "remote":
-        if "url" not in opts:
-            raise ValueError("a `remote` reward model needs options.url")
-        return RemoteRM(spec.name, **opts)
-    if spec.kind == "vllm_pooling":
-        if "path" not in opts:
-            raise ValueError("a `vllm_pooling` reward model needs options.path")
-        return VLLMPoolingRM(spec.name, **opts)
-    if spec.kind == "hf":
-        if "path" not in opts:
-            raise ValueError("an `hf` reward model needs options.path (a model folder)")
-        return HFRewardModel(spec.name, **opts)
-    raise ValueError(f"unknown reward model kind {spec.kind!r}")

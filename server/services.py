@@ -16,7 +16,16 @@ from laser.server import assets
 from laser.server.config import EngineSettings, RewardModelSpec, Settings
 from laser.server.engine_api import Engine
 from laser.server.featurize import Featurizer, SentenceEncoder
-from laser.server.rewards import RewardModel, build_reward_model
+from laser.server.model_rms import HFRewardModel, RemoteRM, VLLMPoolingRM
+from laser.server.rewards import (
+    AgreementRM,
+    ArithmeticVerifierRM,
+    GroundingRM,
+    JudgeRM,
+    LogLikelihoodRM,
+    RelevanceRM,
+    RewardModel,
+)
 
 log = logging.getLogger("laser.server")
 
@@ -31,6 +40,38 @@ def model_path_and_name(engine: EngineSettings, cache_dir: Path) -> tuple[str, s
 
 def encoder_path(settings: Settings) -> str:
     return settings.featurizer.model or str(assets.minilm_path())
+
+
+def build_reward_model(
+    spec: RewardModelSpec, *, engine: Engine, encoder: SentenceEncoder
+) -> RewardModel:
+    """Instantiate the RM a config entry describes."""
+    opts = dict(spec.options)
+    if spec.kind == "loglik":
+        return LogLikelihoodRM(spec.name, engine)
+    if spec.kind == "agreement":
+        return AgreementRM(spec.name, use_reference=bool(opts.get("use_reference", True)))
+    if spec.kind == "relevance":
+        return RelevanceRM(spec.name, encoder, **opts)
+    if spec.kind == "judge":
+        return JudgeRM(spec.name, engine)
+    if spec.kind == "arith":
+        return ArithmeticVerifierRM(spec.name)
+    if spec.kind == "grounding":
+        return GroundingRM(spec.name, **opts)
+    if spec.kind == "remote":
+        if "url" not in opts:
+            raise ValueError("a `remote` reward model needs options.url")
+        return RemoteRM(spec.name, **opts)
+    if spec.kind == "vllm_pooling":
+        if "path" not in opts:
+            raise ValueError("a `vllm_pooling` reward model needs options.path")
+        return VLLMPoolingRM(spec.name, **opts)
+    if spec.kind == "hf":
+        if "path" not in opts:
+            raise ValueError("an `hf` reward model needs options.path (a model folder)")
+        return HFRewardModel(spec.name, **opts)
+    raise ValueError(f"unknown reward model kind {spec.kind!r}")
 
 
 @dataclass
@@ -64,7 +105,7 @@ def load_services(settings: Settings) -> Services:
     model_path, name = model_path_and_name(e, settings.model_cache)
     engine: Engine
     if e.kind == "remote":
-        from laser.server.engine import RemoteOpenAIEngine
+        from laser.server.remote_engine import RemoteOpenAIEngine
 
         if not e.url:
             raise ValueError("engine.kind = 'remote' needs engine.url")

@@ -290,7 +290,7 @@ def test_small_suite_end_to_end_on_the_real_engine(
     import matplotlib.image
 
     from laser.server.evaluation.harness import EvalConfig, evaluate
-    from laser.server.rewards import build_reward_model
+    from laser.server.services import build_reward_model
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path / "data")

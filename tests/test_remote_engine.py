@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from laser.server import assets
-from laser.server.engine import RemoteOpenAIEngine, Sampling
+from laser.server.engine_api import Sampling
+from laser.server.remote_engine import RemoteOpenAIEngine
 from tests.conftest import MODEL_CACHE, free_port
 
 

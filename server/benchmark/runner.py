@@ -64,7 +64,7 @@ class _Bench:
 
     # .. the alternatives, in process ..........................................................
     def _sampling(self, n: int) -> Any:
-        from laser.server.engine import Sampling
+        from laser.server.engine_api import Sampling
 
         return Sampling(n=n, max_tokens=self.cfg.max_tokens, temperature=0.8, top_p=1.0)
 

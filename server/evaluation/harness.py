@@ -33,7 +33,7 @@ import numpy as np
 
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.data import DataError, PromptItem, load_prompts
-from laser.server.engine import Engine, Generation, Sampling
+from laser.server.engine_api import Engine, Generation, Sampling
 from laser.server.evaluation import data as eval_data
 from laser.server.evaluation.metrics import KIND_TASK, grade, item_kind
 from laser.server.evaluation.strategies import (
@@ -260,7 +260,7 @@ def _gen_json(g: Generation, seconds: float) -> dict[str, Any]:
 
 
 def _gen_from(d: dict[str, Any]) -> Generation:
-    from laser.server.engine import Completion
+    from laser.server.engine_api import Completion
 
     return Generation([Completion(**c) for c in d["completions"]], d["prompt_tokens"])
 

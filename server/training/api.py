@@ -103,9 +103,11 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> dict[str, An
         except PathOptionError as exc:
             err = BadRequestError if exc.allowed else ForbiddenError
             raise err(str(exc), param=f"reward_models.{i}.options.{exc.option}") from None
-    # Contexts must match the server's, so a bandit seeded from it means the same thing.
-    fields["feature_dim"] = settings.featurizer.dim
-    fields["feature_seed"] = settings.featurizer.seed
+    # Contexts must match the server's, so a bandit seeded from it means the same thing;
+    # the bandit runs as the server's (alpha, epsilon, warm-up) unless the job sets it.
+    fields["featurizer"] = settings.featurizer.model_dump()
+    if "bandit" not in body.model_fields_set:
+        fields["bandit"] = settings.bandit.model_dump()
     items, bandit = None, None
     if body.seed_from_server:
         if body.items is not None or body.prompts:

@@ -4,7 +4,9 @@ A checkpoint is a folder `checkpoints/iter-<k>/` holding
 - `adapter/`: the policy's LoRA adapter (peft `save_pretrained`, safetensors): servable;
 - `reference.safetensors`: the reference adapter weights (the policy at iteration start);
 - `optimizer.safetensors` + the `optimizer` entry of `state.json`: AdamW moments and steps;
-- `selector.npz`, `squash.npz`: the bandit (or baseline) and the reward squash (laser.bandit);
+- `selector.npz`, `squash.npz`: the bandit (or baseline selector) and the bandit reward's
+  state (the shared loss baseline and the advantages' history, or the paper's squash), in
+  the laser.bandit format;
 - `rng.safetensors` + `state.json`: step, iteration, RNG states, counters.
 
 It is written to `iter-<k>.tmp/`, fsynced, then renamed, and `latest` (a one-line file) is

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from laser.server.cli import log_to_stderr, offline_environment
+from laser.server.runtime import log_to_stderr, offline_environment
 
 _FLAGS: list[tuple[str, str, type, str]] = [
     ("--prompts", "prompts", str, "prompts JSONL (prompt, document(s), reference, task)"),
@@ -29,7 +29,10 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--lr", "learning_rate", float, "learning rate"),
     ("--beta", "beta", float, "DPO beta"),
     ("--nll-weight", "nll_weight", float, "weight of the chosen NLL term"),
-    ("--alpha", "alpha", float, "LinUCB exploration width"),
+    ("--bandit-reward", "bandit_reward", str, "baseline (default) | squashed_loss (paper)"),
+    ("--alpha", "bandit.alpha", float, "LinUCB exploration width"),
+    ("--epsilon", "bandit.epsilon", float, "LinUCB: chance of a uniformly random RM"),
+    ("--warmup", "bandit.warmup", int, "tries per RM and kind of query before UCB"),
     ("--seed", "seed", int, "seed for everything random"),
 ]
 
@@ -48,7 +51,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--config", help="TOML or JSON TrainConfig file")
     for flag, dest, typ, help_ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, help=help_)
+        p.add_argument(flag, dest=dest, type=typ, help=help_, metavar=dest.split(".")[-1].upper())
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--demo", type=int, metavar="N", help="train on N generated arithmetic items")
     p.add_argument("--demo-eval", type=int, default=40, metavar="M", help="held-out demo items")
@@ -60,6 +63,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the flags set (None: not given); dotted keys name a field of
+    a section (`bandit.warmup`)."""
+    return {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
+
+
 def run(args: argparse.Namespace) -> None:
     offline_environment()
     from pydantic import ValidationError
@@ -69,9 +78,8 @@ def run(args: argparse.Namespace) -> None:
     from laser.server.training.loop import Cancelled, TrainingError, run_training
 
     log_to_stderr()
-    overrides = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
     try:
-        cfg = load_train_config(args.config, **overrides)
+        cfg = load_train_config(args.config, **flag_overrides(args))
         if args.demo:
             out = Path(cfg.output_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,19 @@ Defaults run LASeR on the embedded default (SmolLM2-135M-Instruct on CPU, the bu
 The paper's values are kept where the CPU allows (beta 0.1, NLL weight 1.0, LoRA r=16,
 alpha=32 on q_proj/v_proj, lr 5e-6); n, batch size and response length are smaller.
 
+The bandit and its context are configured exactly as the server's (`bandit` is the server's
+`BanditSettings`, `featurizer` its `FeaturizerSettings`), so a bandit seeded from a server means
+the same thing in training. The flat keys of earlier configs still work: `alpha` ->
+`bandit.alpha`, `feature_dim` -> `featurizer.dim`, `feature_seed` -> `featurizer.seed`.
+
     prompts = "data/train.jsonl"
     selector = "laser"          # or fixed / random / sequential / ensemble
     iterations = 2
+    bandit_reward = "baseline"  # or "squashed_loss" (the paper's)
+    [bandit]                    # the server's [bandit] section: alpha, ridge, epsilon, warmup
+    warmup = 2
+    [featurizer]                # the server's [featurizer] section: the bandit's context
+    context = "kind"
     [[reward_models]]
     name = "agreement"
     kind = "agreement"
@@ -21,7 +31,34 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from laser.server.config import RewardModelSpec, default_reward_models
+from laser.server.config import (
+    BanditSettings,
+    FeaturizerSettings,
+    RewardModelSpec,
+    default_reward_models,
+)
+
+# Flat keys of earlier TrainConfigs -> (section, key) of the embedded server settings.
+_LEGACY_KEYS = {
+    "alpha": ("bandit", "alpha"),
+    "feature_dim": ("featurizer", "dim"),
+    "feature_seed": ("featurizer", "seed"),
+}
+
+BANDIT_REWARD_HELP = (
+    "the bandit's reward for the RM a step used. `baseline` (default): the advantage of the "
+    "step's loss over a running baseline shared by all arms (an exponential moving average "
+    "of the previous steps' losses, whatever RM they used, weight `baseline_weight`; it "
+    "restarts each iteration, when the reference re-sync makes the loss jump), squashed to "
+    "[0, 1] by the 20th/80th percentiles of the last 20 steps' advantages; a step with no "
+    "baseline yet "
+    "earns 0.5. A falling loss shifts every arm's advantage alike, so an RM is rewarded for "
+    "beating the trend, not for coming later. `squashed_loss`: the paper's, the step's "
+    "negative loss squashed by the percentiles of past rewards; as the loss falls every "
+    "later step scores high, so whichever RM goes first tends to keep winning. In "
+    "`per_query` mode each prompt's RM is rewarded with that prompt's own pairs' loss, "
+    "against the same shared baseline"
+)
 
 
 class TrainConfig(BaseModel):
@@ -44,9 +81,27 @@ class TrainConfig(BaseModel):
     bandit_mode: Literal["batch", "per_query"] = Field(
         "batch", description="one RM per batch (paper) or per prompt (authors' later code)"
     )
-    alpha: float = Field(0.5, ge=0, description="LinUCB exploration width")
-    feature_dim: int = Field(64, ge=1, description="MiniLM context projected to this size")
-    feature_seed: int = Field(0, description="projection seed (the server's featurizer.seed)")
+    bandit_reward: Literal["baseline", "squashed_loss"] = Field(
+        "baseline", description=BANDIT_REWARD_HELP
+    )
+    baseline_weight: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="bandit_reward = 'baseline': weight of the newest step loss in the "
+        "shared moving-average baseline",
+    )
+    bandit: BanditSettings = Field(
+        default_factory=BanditSettings,
+        description="LinUCB as the server runs it (alpha, ridge, epsilon, warmup: tries per "
+        "RM and kind of query before UCB); the run's `seed` seeds it, `snapshot_every` is "
+        "unused here",
+    )
+    featurizer: FeaturizerSettings = Field(
+        default_factory=FeaturizerSettings,
+        description="the bandit's context, as the server computes it (kind of query by "
+        "default); its one-hot kinds are the warm start's regions",
+    )
     n: int = Field(8, ge=2, description="responses sampled per prompt (paper: 30)")
     pairs_per_prompt: int = Field(3, ge=1, description="top-1 vs ranks 2..k+1 (paper: 10)")
     iterations: int = Field(2, ge=1, description="passes over the prompts")
@@ -62,6 +117,24 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """Earlier configs' flat `alpha`, `feature_dim`, `feature_seed` go to their sections
+        (a flat key wins over the section's value: flags arrive flat)."""
+        if not isinstance(data, dict) or not any(k in data for k in _LEGACY_KEYS):
+            return data
+        data = dict(data)
+        for key, (section, name) in _LEGACY_KEYS.items():
+            if key not in data:
+                continue
+            value = data.pop(key)
+            current = data.get(section) or {}
+            if isinstance(current, BaseModel):
+                current = current.model_dump()
+            data[section] = {**current, name: value}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -89,11 +162,19 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A TrainConfig from a TOML or JSON file (if given), then `overrides` (flags)."""
+    """A TrainConfig from a TOML or JSON file (if given), then `overrides` (flags; a dotted
+    key such as `bandit.warmup` sets one field of a section)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:  # a flag for a field of a section, e.g. `bandit.warmup`
+            section, name = key.split(".", 1)
+            data[section] = {**data.get(section, {}), name: value}
+        else:
+            data[key] = value
     return TrainConfig.model_validate(data)

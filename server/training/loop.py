@@ -1,17 +1,22 @@
 """LASeR's training loop (the paper's Algorithm 1), readable top to bottom.
 
 Per batch of prompts:
-1. context: the prompts' MiniLM features (mean over the batch in `batch` mode, per prompt in
-   `per_query` mode), the same featurizer the server uses;
-2. the selector picks an RM (LinUCB for LASeR; fixed / random / sequential baselines; the
-   ensemble uses all RMs and averages their normalised scores);
+1. context: the prompts' features (mean over the batch in `batch` mode, per prompt in
+   `per_query` mode), from the featurizer the server uses, built from the same settings
+   (kind of query by default, its one-hot kinds being the warm start's regions);
+2. the selector picks an RM (LinUCB for LASeR, configured as the server's: its warm start
+   tries every RM `warmup` times per kind of query before UCB decides; fixed / random /
+   sequential baselines; the ensemble uses all RMs and averages their normalised scores);
 3. the CURRENT policy samples n responses per prompt, all prompts submitted together;
 4. the RM scores them; the top response is "chosen" against ranks 2..k+1 ("rejected");
 5. one DPO(+NLL) step on those pairs against the frozen reference;
-6. the bandit's reward is the step's negative loss, squashed by the 20th/80th percentiles
-   of past rewards.
+6. the bandit's reward (`bandit_reward`, laser.server.training.reward): by default the
+   advantage of the step's loss over a running baseline shared by all RMs (a moving
+   average of the previous steps' losses), squashed by the 20th/80th percentiles of past
+   advantages, so RMs are compared fairly while the loss falls; or the paper's negative
+   loss squashed by the percentiles of past rewards (`squashed_loss`).
 After each pass over the prompts (an iteration) the reference is re-synced to the policy
-and a checkpoint is written.
+(and the reward's baseline restarts) and a checkpoint is written.
 
     summary = asyncio.run(run_training(load_train_config("train.toml")))
 """
@@ -36,7 +41,6 @@ from laser.bandit import (
     FixedArm,
     LinUCB,
     LinUCBConfig,
-    PercentileSquash,
     RoundRobin,
     UniformRandom,
     from_bytes,
@@ -55,6 +59,7 @@ from laser.server.training.checkpoint import (
     write_atomic_text,
 )
 from laser.server.training.config import TrainConfig
+from laser.server.training.reward import BanditReward
 
 log = logging.getLogger("laser.server.training")
 
@@ -85,9 +90,25 @@ class RunState:
     elapsed_s: float = 0.0
 
 
-def _selector(cfg: TrainConfig, names: list[str], dim: int) -> Any:
+def linucb_config(cfg: TrainConfig, dim: int, regions: int) -> LinUCBConfig:
+    """LinUCB as the server configures it (`cfg.bandit`), seeded by the run's `seed`."""
+    b = cfg.bandit
+    return LinUCBConfig(
+        dim=dim,
+        alpha=b.alpha,
+        ridge=b.ridge,
+        epsilon=b.epsilon,
+        seed=cfg.seed,
+        warmup=b.warmup,
+        regions=regions,
+    )
+
+
+def make_selector(cfg: TrainConfig, names: list[str], dim: int, regions: int = 0) -> Any:
+    """The run's selector over RMs `names` for `dim`-feature contexts whose first `regions`
+    features are the kind-of-query one-hot (None for the ensemble: no choice)."""
     if cfg.selector == "laser":
-        return LinUCB(LinUCBConfig(dim=dim, alpha=cfg.alpha, seed=cfg.seed), names)
+        return LinUCB(linucb_config(cfg, dim, regions), names)
     if cfg.selector == "fixed":
         assert cfg.fixed_rm is not None
         return FixedArm(cfg.fixed_rm, names)
@@ -175,7 +196,7 @@ class Trainer:
 
         from laser.server import assets
         from laser.server.featurize import Featurizer, SentenceEncoder
-        from laser.server.rewards import build_reward_model
+        from laser.server.services import build_reward_model
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -225,22 +246,20 @@ class Trainer:
                 enable_lora=True,
                 max_lora_rank=max(cfg.lora_r, 8),
             )
-        self.encoder = SentenceEncoder(assets.minilm_path())
-        self.featurizer = Featurizer(self.encoder, cfg.feature_dim, cfg.feature_seed)
+        self.encoder = SentenceEncoder(cfg.featurizer.model or assets.minilm_path())
+        # The server's featurizer, from the same settings: a seeded bandit means the same.
+        self.featurizer = Featurizer.from_settings(self.encoder, cfg.featurizer)
         self.rms = {
             spec.name: build_reward_model(spec, engine=self.engine, encoder=self.encoder)
             for spec in cfg.reward_models
         }
-        self.selector = _selector(cfg, list(self.rms), self.featurizer.dim)
+        self.selector = make_selector(
+            cfg, list(self.rms), self.featurizer.dim, self.featurizer.regions
+        )
         if self.initial_bandit is not None and isinstance(self.selector, LinUCB):
-            seeded = load_selector(self.initial_bandit)
-            if not isinstance(seeded, LinUCB) or seeded.config.dim != self.featurizer.dim:
-                raise TrainingError("initial bandit: not a LinUCB of the featurizer's dimension")
-            for name in self.rms:
-                if name not in seeded.arms:
-                    seeded.add_arm(name)
-            self.selector = seeded
-        self.squash = PercentileSquash()
+            self.selector = self._seeded(self.selector)
+        per_step = cfg.batch_size if cfg.bandit_mode == "per_query" else 1
+        self.reward = BanditReward(cfg.bandit_reward, cfg.baseline_weight, per_step)
         self.prompts = [self._render(it) for it in self.items]
         self.prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in self.prompts]
         for i, ids in enumerate(self.prompt_ids):
@@ -250,8 +269,30 @@ class Trainer:
                     f"does not fit max_model_len={cfg.max_model_len}"
                 )
         self.contexts = self.featurizer.features_batch(
-            [it.prompt for it in self.items], [bool(it.documents) for it in self.items]
+            [it.prompt for it in self.items],
+            [bool(it.documents) for it in self.items],
+            [it.task for it in self.items],
         )
+
+    def _seeded(self, fresh: LinUCB) -> LinUCB:
+        """The server's bandit (what it learnt), run with this run's settings."""
+        assert self.initial_bandit is not None
+        seeded = load_selector(self.initial_bandit)
+        if not isinstance(seeded, LinUCB) or (seeded.config.dim, seeded.config.regions) != (
+            fresh.config.dim,
+            fresh.config.regions,
+        ):
+            raise TrainingError(
+                "initial bandit: not a LinUCB over this featurizer's context (dimension and "
+                "kinds of query must match the server's [featurizer] settings)"
+            )
+        seeded.config = fresh.config  # alpha, epsilon, warm-up: this run's (as on restore)
+        for name in self.rms:
+            if name not in seeded.arms:
+                seeded.add_arm(name)
+            elif not seeded.is_enabled(name):
+                seeded.enable_arm(name)
+        return seeded
 
     def _render(self, item: PromptItem) -> str:
         content = format_documents(item.prompt, item.documents) if item.documents else item.prompt
@@ -276,7 +317,10 @@ class Trainer:
         self.torch.set_rng_state(data["rng"]["torch"])
         if data["selector"] is not None and self.selector is not None:
             self.selector.load_state_dict(from_bytes(data["selector"]))
-        self.squash.load_state_dict(from_bytes(data["squash"]))
+        try:
+            self.reward.load_state_dict(from_bytes(data["squash"]))
+        except ValueError as exc:
+            raise TrainingError(f"cannot resume from {ckpt}: {exc}") from None
         s = data["state"]
         self.state = RunState(
             iteration=s["iteration"],
@@ -310,7 +354,7 @@ class Trainer:
             reference=self.reference,
             optimizer_state=self.optimizer.state_dict(),
             selector_bytes=to_bytes(self.selector) if self.selector is not None else None,
-            squash_bytes=to_bytes(self.squash),
+            squash_bytes=to_bytes(self.reward),
             rng=rng,
             state={
                 "iteration": self.state.iteration,
@@ -469,11 +513,13 @@ class Trainer:
         cfg = self.cfg
         if self.selector is None:
             return ["ensemble"] * len(batch), None
+        # A seeded bandit may know RMs this run does not have: choose among the run's.
+        among = {"among": list(self.rms)} if isinstance(self.selector, LinUCB) else {}
         if cfg.bandit_mode == "per_query":
-            arms = [self.selector.select(self.contexts[i]).arm for i in batch]
+            arms = [self.selector.select(self.contexts[i], **among).arm for i in batch]
             return arms, None
         x = self.contexts[batch].mean(axis=0)  # the paper: mean context of the batch
-        return [self.selector.select(x).arm] * len(batch), x
+        return [self.selector.select(x, **among).arm] * len(batch), x
 
     async def _step(self, batch: list[int], iteration: int) -> dict[str, Any]:
         cfg, t0 = self.cfg, time.perf_counter()
@@ -517,6 +563,8 @@ class Trainer:
         if pairs:
             metrics, per_pair = self._dpo_step(pairs)
             record.update(metrics)
+            if self.selector is not None and cfg.bandit_reward == "baseline":
+                record["bandit_baseline"] = self.reward.baseline  # before this step
             record["bandit_reward"] = self._update_bandit(
                 batch, arms, x, pairs, per_pair, metrics["loss"]
             )
@@ -558,22 +606,29 @@ class Trainer:
         per_pair: Any,
         loss: float,
     ) -> float | None:
-        """Update the selector; returns the (mean) squashed reward it got, None without one."""
+        """Update the selector; returns the (mean) reward it got, None without one.
+
+        The rule (`bandit_reward`) is laser.server.training.reward's; `loss` is the step's
+        loss over all its pairs, which the shared baseline takes in.
+        """
         if self.selector is None:
             return None
         if self.cfg.bandit_mode == "batch":
-            reward = self.squash(-loss)
+            (reward,) = self.reward.rewards([loss], loss)
             self.selector.update(arms[0], x, reward)
             return reward
         # per_query: each prompt's RM is rewarded with the loss of that prompt's own pairs.
-        rewards = []
+        rewarded = []
         for i, arm in zip(batch, arms, strict=True):
             mine = [k for k, p in enumerate(pairs) if p.item == i]
             if mine:
-                r = self.squash(-float(per_pair[mine].mean()))
-                self.selector.update(arm, self.contexts[i], r)
-                rewards.append(r)
-        return float(np.mean(rewards)) if rewards else None
+                rewarded.append((i, arm, float(per_pair[mine].mean())))
+        if not rewarded:
+            return None
+        rewards = self.reward.rewards([v for _, _, v in rewarded], loss)
+        for (i, arm, _), r in zip(rewarded, rewards, strict=True):
+            self.selector.update(arm, self.contexts[i], r)
+        return float(np.mean(rewards))
 
     # -- evaluation on held-out prompts -----------------------------------------------------
     async def evaluate(self) -> dict[str, Any] | None:
@@ -641,6 +696,7 @@ class Trainer:
         t_start = time.perf_counter() - self.state.elapsed_s
         self._status("running", last, total)
         for iteration in range(self.state.iteration, self.cfg.iterations):
+            self.reward.restart()  # the reference was re-synced: the loss jumps
             for batch in self._batches(iteration):
                 if self.should_stop():
                     self._status("cancelled", last, total)
@@ -685,9 +741,14 @@ class Trainer:
         ]
         eval_after = await self.evaluate()
         losses = [s["loss"] for s in steps if s.get("loss") is not None]
+        rewarded: dict[str, list[float]] = {}
+        for s in steps:
+            if s.get("bandit_reward") is not None and s["rm"] != "mixed":
+                rewarded.setdefault(s["rm"], []).append(s["bandit_reward"])
         summary = {
             "selector": self.cfg.label,
             "bandit_mode": self.cfg.bandit_mode,
+            "bandit_reward": self.cfg.bandit_reward if self.selector is not None else None,
             "model": self.model_name,
             "iterations": self.cfg.iterations,
             "steps": total,
@@ -695,6 +756,15 @@ class Trainer:
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
             "rm_counts": self.state.rm_counts,
+            # Which RM each step used, per iteration, and the mean reward each RM earned.
+            "rm_by_step": {
+                str(k): [s["rm"] for s in steps if s["iteration"] == k]
+                for k in sorted({s["iteration"] for s in steps})
+            },
+            "rm_mean_reward": {
+                rm: round(float(np.mean(v)), 4) for rm, v in sorted(rewarded.items())
+            },
+            "bandit_estimates": self._estimates(),
             "eval_before": self.state.eval_before,
             "eval_after": eval_after,
             "wall_s": round(wall, 1),
@@ -706,6 +776,19 @@ class Trainer:
         except Exception as exc:  # a plot is never worth failing a finished run
             log.warning("plot failed: %s", exc)
         return summary
+
+    def _estimates(self) -> dict[str, dict[str, float]] | None:
+        """LinUCB's expectation and UCB per RM at the mean training context (None for the
+        baselines): what LASeR would pick next, and how sure it is."""
+        if not isinstance(self.selector, LinUCB):
+            return None
+        x = self.contexts.mean(axis=0)
+        out = self.selector.predict(x)
+        return {
+            arm: {k: round(v, 4) for k, v in est.items()}
+            for arm, est in out.items()
+            if arm in self.rms
+        }
 
     def shutdown(self) -> None:
         if hasattr(self, "engine"):
