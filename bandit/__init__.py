@@ -17,7 +17,7 @@ from laser.bandit.errors import (
     UnknownArmError,
 )
 from laser.bandit.linucb import LinUCB, LinUCBConfig
-from laser.bandit.normalize import PercentileSquash
+from laser.bandit.normalize import BaselineAdvantage, PercentileSquash
 from laser.bandit.state import (
     from_bytes,
     load_selector,
@@ -32,6 +32,7 @@ Selector = LinUCB | FixedArm | UniformRandom | RoundRobin
 __all__ = [
     "ArmSet",
     "BanditError",
+    "BaselineAdvantage",
     "FixedArm",
     "InvalidInputError",
     "LinUCB",

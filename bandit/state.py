@@ -4,9 +4,9 @@ File format `laser.bandit`, version 1 (numpy `.npz`, loaded with `allow_pickle=F
 
 - `__meta__`: a uint8 array holding UTF-8 JSON
   `{"format": "laser.bandit", "version": 1, "kind": ..., ...}` where `kind` is one of
-  `linucb`, `fixed`, `random`, `round_robin`, `percentile_squash`, and the rest is the
-  object's `state_dict()["meta"]` (config, arm names, enabled flags, pull counts, reward
-  sums, the generator's state).
+  `linucb`, `fixed`, `random`, `round_robin`, `percentile_squash`, `baseline_advantage`,
+  and the rest is the object's `state_dict()["meta"]` (config, arm names, enabled flags,
+  pull counts, reward sums, the generator's state; a baseline's weight and value).
 - one float64 array per entry of `state_dict()["arrays"]`; for LinUCB `a_inv` (K, d, d),
   `b` (K, d), `theta` (K, d) and `region_pulls` (K, max(1, regions)), int64: rewarded tries
   per arm and warm-up region), arms in the order of `meta["arms"]`.

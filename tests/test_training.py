@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from laser.bandit import from_bytes
+from laser.server.config import default_reward_models
 from laser.server.data import arithmetic_items, write_prompts
 from laser.server.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from laser.server.training.config import TrainConfig
@@ -160,8 +161,16 @@ def test_two_iterations_learn_and_resume_exactly(tiny_model: Path, tmp_path: Pat
     for s in trained:
         for key in ("rewards/chosen", "rewards/margins", "rewards/accuracies", "nll_loss"):
             assert math.isfinite(s[key])
-        assert s["rm"] in {"loglik", "agreement", "relevance"}
+        assert s["rm"] in {rm.name for rm in default_reward_models()}
         assert 0.0 <= s["bandit_reward"] <= 1.0
+    if all(s["loss"] is not None for s in steps):
+        # The shared baseline: none at an iteration's first step (reward 0.5), then the
+        # moving average of the losses; iteration 2 restarts it (the reference re-synced).
+        assert [s["bandit_baseline"] for s in steps][::2] == [None, None]
+        assert [s["bandit_reward"] for s in steps][::2] == [0.5, 0.5]
+        assert steps[1]["bandit_baseline"] == pytest.approx(steps[0]["loss"])
+        # The warm start: 4 steps, 4 different RMs (every RM is tried twice first).
+        assert len({s["rm"] for s in steps}) == 4
     pairs = [json.loads(line) for line in (full / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == summary["pairs"]
     assert {"prompt", "chosen", "rejected"} <= set(pairs[0])
@@ -215,6 +224,9 @@ def test_two_iterations_learn_and_resume_exactly(tiny_model: Path, tmp_path: Pat
     resumed = [json.loads(line) for line in (part / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in resumed] == [1, 2, 3, 4]
     assert [s["loss"] for s in resumed] == [s["loss"] for s in steps]
+    # ... and the bandit chose and was rewarded the same: its and the reward's state resumed.
+    for key in ("rm", "bandit_reward", "bandit_baseline"):
+        assert [s.get(key) for s in resumed] == [s.get(key) for s in steps], key
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path: Path) -> None:
@@ -343,7 +355,7 @@ def test_selectors_and_per_query_mode(
     if selector == "ensemble":
         assert used == {"ensemble"}
     elif selector == "sequential":  # one RM after another
-        assert [s["rm"] for s in steps] == ["loglik", "agreement"]
+        assert [s["rm"] for s in steps] == [rm.name for rm in default_reward_models()[:2]]
     else:  # per query: every prompt's RM is counted, and each was rewarded on its own
         assert sum(summary["rm_counts"].values()) == 8
         bandit = from_bytes(load_checkpoint(out / "checkpoints" / "iter-1")["selector"])
