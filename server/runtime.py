@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Any
 
 
 def offline_environment() -> None:
@@ -18,3 +20,10 @@ def log_to_stderr() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def progress(total: int, desc: str, enabled: bool = True) -> Any:
+    """A tqdm bar on stderr (long work shows progress); `enabled=False` keeps it silent."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=True)

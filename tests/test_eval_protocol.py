@@ -12,7 +12,8 @@ import pytest
 
 from laser.server.config import load_settings
 from laser.server.data import PromptItem
-from laser.server.evaluation.harness import Collected, EvalConfig, EvalItem, analyse
+from laser.server.evaluation.analysis import analyse
+from laser.server.evaluation.config import Collected, EvalConfig, EvalItem
 from laser.server.evaluation.protocol import (
     paired_bootstrap,
     split_items,

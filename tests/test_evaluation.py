@@ -289,7 +289,8 @@ def test_small_suite_end_to_end_on_the_real_engine(
 ) -> None:
     import matplotlib.image
 
-    from laser.server.evaluation.harness import EvalConfig, evaluate
+    from laser.server.evaluation.config import EvalConfig
+    from laser.server.evaluation.harness import evaluate
     from laser.server.services import build_reward_model
     from tests.conftest import make_settings
 

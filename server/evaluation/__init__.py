@@ -6,7 +6,8 @@ grades (`metrics.py`) and writes the report and plots (`report.py`).
 
 From Python, inside the event loop the engine runs on:
 
->>> # from laser.server.evaluation.harness import EvalConfig, evaluate
+>>> # from laser.server.evaluation.config import EvalConfig
+>>> # from laser.server.evaluation.harness import evaluate
 >>> # report = await evaluate(EvalConfig(tasks=["arithmetic"], items_per_task=20), settings,
 >>> #                         services.engine, services.encoder, "out", "cache")
 """

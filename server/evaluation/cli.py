@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> None:
 
     from laser.server.config import settings_from_flags
     from laser.server.data import DataError
+    from laser.server.evaluation.config import EvalConfig, EvalError
     from laser.server.evaluation.data import expand_tasks
-    from laser.server.evaluation.harness import EvalConfig, EvalError, evaluate
+    from laser.server.evaluation.harness import evaluate
 
     log_to_stderr()
     try:
