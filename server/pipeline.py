@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from laser.bandit import LinUCBConfig, Selection, to_bytes
+from laser.bandit import LinUCB, LinUCBConfig, Selection, from_bytes, to_bytes
 from laser.server import answers
 from laser.server.bandit_store import restore_bandit
 from laser.server.config import RewardModelSpec, Settings
@@ -83,7 +83,7 @@ class Reranker:
         self.engine_fault: str | None = None
         self.store_fault: str | None = None
         # The LoRA adapter serving uses (POST /v1/policy); None = the base model.
-        self.adapter: Adapter | None = None
+        self._adapter: Adapter | None = None
         b = settings.bandit
         self.bandit_config = LinUCBConfig(
             dim=featurizer.dim,
@@ -170,7 +170,7 @@ class Reranker:
 
     async def _sample(self, prompt: str, sampling: Sampling) -> Generation:
         try:
-            g = await self.engine.generate(prompt, sampling, self.adapter)
+            g = await self.engine.generate(prompt, sampling, self._adapter)
         except EngineError as exc:
             self.metrics.engine_errors.inc()
             self.engine_fault = f"{exc}"[:300]
@@ -388,6 +388,31 @@ class Reranker:
         except Exception as exc:  # the server still starts; requests will show the fault
             log.warning("warm-up failed: %s", exc)
         log.info("warm-up done in %.1f s", time.perf_counter() - t)
+
+    # -- the served policy ------------------------------------------------------------------
+    @property
+    def adapter(self) -> Adapter | None:
+        """The LoRA adapter generation uses; None: the base model."""
+        return self._adapter
+
+    async def try_adapter(self, adapter: Adapter) -> None:
+        """Load `adapter` into the engine with a one-token generation; `EngineError` if it
+        does not load (nothing changes then)."""
+        await self.engine.generate(
+            self.engine.render_chat([{"role": "user", "content": "Hi"}]),
+            Sampling(n=1, max_tokens=1, temperature=0.0),
+            adapter,
+        )
+
+    def use_adapter(self, adapter: Adapter | None) -> None:
+        """Serve with `adapter` from the next request on (None: the base model)."""
+        self._adapter = adapter
+
+    def bandit_copy(self) -> LinUCB:
+        """An independent copy of the serving bandit (e.g. to seed a training job)."""
+        copy = LinUCB(self.bandit.config)
+        copy.load_state_dict(from_bytes(to_bytes(self.bandit)))
+        return copy
 
     async def predict(
         self, question: str, has_document: bool, task: str | None = None

@@ -288,6 +288,22 @@ class Store:
         )
         return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(r[4])) for r in rows]
 
+    async def answered_prompts(self, limit: int) -> list[tuple[str, str | None]]:
+        """The distinct questions answered (with a task hint, if any), newest first."""
+
+        def q() -> list[tuple[str, str | None]]:
+            return [
+                (str(p), t)
+                for p, t in self.conn.execute(
+                    "SELECT prompt, MAX(task) FROM decisions GROUP BY prompt "
+                    "ORDER BY MAX(created) DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            ]
+
+        result: list[tuple[str, str | None]] = await self._run(q)
+        return result
+
     # -- snapshots --------------------------------------------------------------------------
     def _insert_snapshot(self, feedback_seq: int, state: bytes) -> None:
         self.conn.execute(

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from laser.server.engine import Adapter, EngineError, Sampling
+from laser.server.engine import Adapter, EngineError
 from laser.server.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from laser.server.paths import PathNotAllowedError, PathOptionError, confine, confine_options
 from laser.server.training.config import TrainConfig
@@ -67,24 +67,13 @@ def _confined(value: str, param: str, roots: list[Path]) -> str:
         raise BadRequestError(f"{param} is not a usable path: {exc}", param=param) from None
 
 
-def _seed_items(request: Request, limit: int = 10_000) -> tuple[list[Any], Any]:
+async def _seed_items(request: Request, limit: int = 10_000) -> tuple[list[Any], Any]:
     """The distinct prompts this server answered (newest first) and a copy of its bandit."""
-    from laser.bandit import LinUCB, from_bytes, to_bytes
     from laser.server.data import PromptItem
 
     reranker = request.app.state.reranker
-    store = reranker.store
-    rows = store.run_sync(
-        lambda: store.conn.execute(
-            "SELECT prompt, MAX(task) FROM decisions GROUP BY prompt "
-            "ORDER BY MAX(created) DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-    )
-    items = [PromptItem(prompt=p, task=t) for p, t in rows]
-    bandit = LinUCB(reranker.bandit.config)
-    bandit.load_state_dict(from_bytes(to_bytes(reranker.bandit)))
-    return items, bandit
+    rows = await reranker.store.answered_prompts(limit)
+    return [PromptItem(prompt=p, task=t) for p, t in rows], reranker.bandit_copy()
 
 
 @router.post("/training/jobs", status_code=201)
@@ -112,7 +101,7 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> dict[str, An
     if body.seed_from_server:
         if body.items is not None or body.prompts:
             raise BadRequestError("seed_from_server takes no items or prompts", param="items")
-        items, bandit = _seed_items(request)
+        items, bandit = await _seed_items(request)
         if not items:
             raise BadRequestError("this server has answered no prompts yet", param="items")
         if body.selector != "laser":
@@ -180,7 +169,7 @@ async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
     if sum([body.job_id is not None, body.path is not None, body.base]) != 1:
         raise BadRequestError("give exactly one of job_id, path or base=true", param="job_id")
     if body.base:
-        reranker.adapter = None
+        reranker.use_adapter(None)
         _policy_file(request).unlink(missing_ok=True)
         log.info("serving the base model")
         return policy_view(request)
@@ -204,18 +193,13 @@ async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
     if not (Path(path) / "adapter_config.json").is_file():
         raise BadRequestError(f"{path} holds no LoRA adapter (adapter_config.json)", param="path")
     adapter = Adapter(name, path, next(_adapter_ids))
-    engine = reranker.engine
-    try:  # load it now: a wrong adapter is the caller's error here, not a later 503
-        await engine.generate(
-            engine.render_chat([{"role": "user", "content": "Hi"}]),
-            Sampling(n=1, max_tokens=1, temperature=0.0),
-            adapter,
-        )
+    try:  # loaded and tried now: a wrong adapter is the caller's error here, not a later 503
+        await reranker.try_adapter(adapter)
     except EngineError as exc:
         raise BadRequestError(
-            f"the adapter does not load into {engine.model_name}: {exc}", param="path"
+            f"the adapter does not load into {reranker.engine.model_name}: {exc}", param="path"
         ) from None
-    reranker.adapter = adapter
+    reranker.use_adapter(adapter)
     _policy_file(request).write_text(json.dumps({"name": name, "path": path}), encoding="utf-8")
     log.info("serving adapter %s (%s)", name, path)
     return policy_view(request)
@@ -232,7 +216,7 @@ def restore_policy(state: Any) -> None:
             raise ValueError("engine has no LoRA support")
         if not (Path(saved["path"]) / "adapter_config.json").is_file():
             raise FileNotFoundError(saved["path"])
-        state.reranker.adapter = Adapter(saved["name"], saved["path"], next(_adapter_ids))
+        state.reranker.use_adapter(Adapter(saved["name"], saved["path"], next(_adapter_ids)))
         log.info("serving adapter %s again (chosen before the restart)", saved["name"])
     except (OSError, ValueError, KeyError) as exc:
         log.warning("saved policy not restored (%s): serving the base model", exc)
