@@ -76,9 +76,11 @@ class FeaturizerSettings(_Section):
 
 
 class BanditSettings(_Section):
-    alpha: float = Field(0.5, ge=0)
-    ridge: float = Field(1.0, gt=0)
-    epsilon: float = Field(0.05, ge=0, le=1)
+    alpha: float = Field(0.5, ge=0, description="LinUCB exploration width")
+    ridge: float = Field(1.0, gt=0, description="LinUCB prior strength (A = ridge * I)")
+    epsilon: float = Field(
+        0.05, ge=0, le=1, description="chance of a uniformly random RM (honest propensities)"
+    )
     warmup: int = Field(
         2,
         ge=0,

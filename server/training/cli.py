@@ -12,29 +12,54 @@ from typing import Any
 
 from laser.server.runtime import log_to_stderr, offline_environment
 
-_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--prompts", "prompts", str, "prompts JSONL (prompt, document(s), reference, task)"),
-    ("--eval-prompts", "eval_prompts", str, "held-out JSONL: greedy accuracy before/after"),
-    ("--model", "model", str, "policy model folder (default: embedded SmolLM2-135M)"),
-    ("--output-dir", "output_dir", str, "logs, pairs, checkpoints, plot (default runs/train)"),
-    ("--engine", "engine", str, "sampler: vllm (default) or hf"),
-    ("--selector", "selector", str, "laser | fixed | random | sequential | ensemble"),
-    ("--fixed-rm", "fixed_rm", str, "the RM for --selector fixed"),
-    ("--bandit-mode", "bandit_mode", str, "batch (paper) | per_query"),
-    ("--iterations", "iterations", int, "passes over the prompts"),
-    ("--batch-size", "batch_size", int, "prompts per step"),
-    ("--n", "n", int, "responses per prompt"),
-    ("--pairs-per-prompt", "pairs_per_prompt", int, "top-1 vs ranks 2..k+1"),
-    ("--max-tokens", "max_tokens", int, "response length while sampling"),
-    ("--lr", "learning_rate", float, "learning rate"),
-    ("--beta", "beta", float, "DPO beta"),
-    ("--nll-weight", "nll_weight", float, "weight of the chosen NLL term"),
-    ("--bandit-reward", "bandit_reward", str, "baseline (default) | squashed_loss (paper)"),
-    ("--alpha", "bandit.alpha", float, "LinUCB exploration width"),
-    ("--epsilon", "bandit.epsilon", float, "LinUCB: chance of a uniformly random RM"),
-    ("--warmup", "bandit.warmup", int, "tries per RM and kind of query before UCB"),
-    ("--seed", "seed", int, "seed for everything random"),
-]
+# Flags come from TrainConfig's fields (name, type, description): `--batch-size` sets
+# `batch_size`; the bandit section's fields go without prefix (`--alpha` sets `bandit.alpha`).
+# A few fields keep their established short names.
+_ALIASES = {"learning_rate": "--lr"}
+_SECTION_FLAGS = {"bandit": ("alpha", "epsilon", "warmup", "ridge")}
+
+
+def _flags() -> list[tuple[str, str, type, str]]:
+    """(flag, TrainConfig key, type, help) for every scalar field and the section fields."""
+    from typing import Literal, get_args, get_origin
+
+    from laser.server.training.config import TrainConfig
+
+    def scalar(annotation: Any) -> tuple[type, str] | None:
+        if get_origin(annotation) is Literal:
+            return str, " | ".join(str(a) for a in get_args(annotation))
+        if annotation in (str, int, float):
+            return annotation, ""
+        args = get_args(annotation)  # X | None
+        if type(None) in args and len(args) == 2:
+            (inner,) = [a for a in args if a is not type(None)]
+            if inner in (str, int, float):
+                return inner, ""
+        return None
+
+    out = []
+    for name, field in TrainConfig.model_fields.items():
+        kind = scalar(field.annotation)
+        if kind is not None:
+            typ, choices = kind
+            help_ = (field.description or name.replace("_", " ")) + (
+                f" ({choices})" if choices else ""
+            )
+            flag = _ALIASES.get(name, "--" + name.replace("_", "-"))
+            out.append((flag, name, typ, f"{help_}; default {field.default!r}"))
+        if name in _SECTION_FLAGS:
+            section = field.annotation
+            for sub_name in _SECTION_FLAGS[name]:
+                sub_field = section.model_fields[sub_name]  # type: ignore[union-attr]
+                out.append(
+                    (
+                        "--" + sub_name.replace("_", "-"),
+                        f"{name}.{sub_name}",
+                        sub_field.annotation,
+                        f"{sub_field.description or sub_name}; default {sub_field.default!r}",
+                    )
+                )
+    return out
 
 
 def add_parser(sub: Any) -> None:
@@ -50,7 +75,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--config", help="TOML or JSON TrainConfig file")
-    for flag, dest, typ, help_ in _FLAGS:
+    for flag, dest, typ, help_ in _flags():
         p.add_argument(flag, dest=dest, type=typ, help=help_, metavar=dest.split(".")[-1].upper())
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--demo", type=int, metavar="N", help="train on N generated arithmetic items")
@@ -66,7 +91,7 @@ def add_parser(sub: Any) -> None:
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields the flags set (None: not given); dotted keys name a field of
     a section (`bandit.warmup`)."""
-    return {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
+    return {dest: getattr(args, dest) for _, dest, _, _ in _flags()}
 
 
 def run(args: argparse.Namespace) -> None:
