@@ -1,5 +1,9 @@
 """The reranking pipeline, framework-free: featurize, select an RM, generate n, score, log.
 
+`Reranker` owns the serving bandit, and every method that reads or changes it (the request
+path, feedback, admin changes of the RM set, snapshots, the summary) is here, so all bandit
+access stays on the event loop without locks; that is why this module runs past 400 lines.
+
 reranker = Reranker(settings, engine, featurizer, reward_models, store)
 result = await reranker.generate(GenerateRequest(prompt="What is 2+2?", n=4), "req-1")
 await reranker.feedback("req-1", 1.0)
