@@ -152,3 +152,18 @@ def test_warm_start_tries_every_rm_early_and_helps() -> None:
     for task, per_rm in warm["shares_over_time"]["by_task"].items():
         assert all(v[0] > 0 for v in per_rm.values()), task
     assert warm["strategies"]["laser"]["stream"] >= cold["strategies"]["laser"]["stream"] - 0.02
+
+
+def test_pilot_table_shows_each_rm_per_task(tmp_path: Path) -> None:
+    from laser.server.evaluation.analysis import pilot_table
+    from laser.server.evaluation.report import pilot_markdown, write_pilot
+
+    t = synthetic(n_per_task=20)
+    table = pilot_table(collected(t))
+    rows = table["rows"]
+    assert rows["rm:a"]["x"] == 1.0 and rows["rm:b"]["y"] == 1.0
+    assert rows["oracle"] == {"x": 1.0, "y": 1.0}
+    assert rows["rm:a"]["y"] < 0.5  # a is no good on y: there is something to select
+    md = pilot_markdown(table)
+    assert "| single RM: a | 100.0 |" in md
+    assert write_pilot(table, tmp_path) == ["pilot.json", "pilot.md"]
