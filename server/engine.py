@@ -142,7 +142,15 @@ class VLLMEngine(EngineBase):
         self._scorer_lock = asyncio.Lock()
         self._logprobs_via_hf = enable_lora and _on_cpu()
         # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
-        self.loglik_tokens = {"prompt": 0, "cached": 0, "rescored": 0, "from_generation": 0}
+        # `from_generation`: continuations served from kept sampling logprobs (no engine pass);
+        # `engine_passes`: continuations that needed a prompt-logprob request.
+        self.loglik_tokens = {
+            "prompt": 0,
+            "cached": 0,
+            "rescored": 0,
+            "from_generation": 0,
+            "engine_passes": 0,
+        }
         # (prompt digest, sample text) -> (sampled token ids, their mean logprob), kept from
         # generation (see `_remember`); bounded, oldest out first.
         self._sampled_lls: OrderedDict[tuple[bytes, str], tuple[list[int], float]] = OrderedDict()
@@ -291,6 +299,7 @@ class VLLMEngine(EngineBase):
                 out, cached = await self._final(prompt, params(False)), 0
             self.loglik_tokens["prompt"] += len(ids)
             self.loglik_tokens["cached"] += cached
+            self.loglik_tokens["engine_passes"] += 1
             # Token i's logprob comes from position i-1, computed only if i-1 >= cached.
             first = max(len(ids) - len(cont), 1)
             lps = out.prompt_logprobs or []

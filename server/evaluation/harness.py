@@ -261,8 +261,13 @@ async def collect(
 
     chunk = config.concurrency
     t0 = time.perf_counter()
+    # Where each RM's likelihoods came from (the engine counts them): kept from sampling, or
+    # an engine pass. Items scored from the cache count neither.
+    counters: dict[str, int] = getattr(engine, "loglik_tokens", {})
+    stats["loglik_sources"] = {}
     with progress(n_items * len(reward_models), "scoring", config.progress) as bar:
         for name in reward_models:
+            before = dict(counters)
             keys = [score_key(name, it, gkey) for it, (_, gkey) in zip(items, gens, strict=True)]
             todo = []
             for i, key in enumerate(keys):
@@ -284,6 +289,12 @@ async def collect(
                     scores[name][i], seconds[name][i] = vals, cost
                     cache.put("score", keys[i], {"scores": vals, "seconds": cost})
                 stats["rm_score_calls"] += len(part)
+            used = {k: counters.get(k, 0) - before.get(k, 0) for k in counters}
+            if used.get("from_generation") or used.get("engine_passes"):
+                stats["loglik_sources"][name] = {
+                    "from_generation": used.get("from_generation", 0),
+                    "engine_passes": used.get("engine_passes", 0),
+                }
     stats["score_seconds"] = time.perf_counter() - t0
 
     noise = None
