@@ -177,6 +177,37 @@ def markdown(report: dict[str, Any]) -> str:
         "![RM share per task along the stream](rm_share.png)",
         "",
     ]
+    n_cand = max(1, int(cfg["n"]))
+    singles = [n for n in ordered(list(s)) if n.startswith("rm:")]
+    st = r.get("stats", {})
+    sources = st.get("loglik_sources", {})
+    out += [
+        "## Cost of each RM",
+        "",
+        "Measured scoring time per held-out item and per candidate (n = "
+        f"{cfg['n']}), from the run that filled the cache (items scored in concurrent chunks, "
+        "each chunk's wall time shared out by call latency).",
+        "",
+        "| RM | ms per item | ms per candidate |",
+        "|---|---|---|",
+        *(
+            f"| `{n[3:]}` | {s[n]['rm_ms_per_item']:.1f} | {s[n]['rm_ms_per_item'] / n_cand:.2f} |"
+            for n in singles
+            if s[n].get("rm_ms_per_item") is not None
+        ),
+        "",
+    ]
+    if sources:
+        out += [
+            "Likelihoods this run: "
+            + "; ".join(
+                f"`{rm}` {v['from_generation']} candidates from the logprobs kept while "
+                f"sampling, {v['engine_passes']} by an engine pass"
+                for rm, v in sources.items()
+            )
+            + " (samples read from the disk cache have no kept logprobs).",
+            "",
+        ]
     rob = r.get("robustness", {})
     if "noise" in rob:
         out += [
