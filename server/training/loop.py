@@ -569,8 +569,18 @@ class Trainer:
                 batch, arms, x, pairs, per_pair, metrics["loss"]
             )
         else:
-            # Every candidate tied: nothing to learn from, and no loss to reward the RM with.
-            record.update({"loss": None, "bandit_reward": None})
+            # Every candidate tied: nothing to learn from. The RM that could not rank them
+            # earns the lowest reward, 0 (unrewarded, a warm start would try it forever).
+            reward = None
+            if self.selector is not None:
+                for i, arm in zip(batch, arms, strict=True):
+                    self.selector.update(
+                        arm, x if cfg.bandit_mode == "batch" else self.contexts[i], 0.0
+                    )
+                    if cfg.bandit_mode == "batch":
+                        break
+                reward = 0.0
+            record.update({"loss": None, "bandit_reward": reward})
             log.warning("step %d: no preference pairs (all candidates tied)", record["step"])
         with (self.out / "pairs.jsonl").open("a", encoding="utf-8") as f:
             for p in pairs if self.acc.is_main_process else []:
@@ -617,18 +627,23 @@ class Trainer:
             (reward,) = self.reward.rewards([loss], loss)
             self.selector.update(arms[0], x, reward)
             return reward
-        # per_query: each prompt's RM is rewarded with the loss of that prompt's own pairs.
-        rewarded = []
+        # per_query: each prompt's RM is rewarded with the loss of that prompt's own pairs;
+        # an RM that gave its prompt no pairs (all candidates tied) earns 0.
+        rewarded, tied = [], []
         for i, arm in zip(batch, arms, strict=True):
             mine = [k for k, p in enumerate(pairs) if p.item == i]
             if mine:
                 rewarded.append((i, arm, float(per_pair[mine].mean())))
+            else:
+                tied.append((i, arm))
+        for i, arm in tied:
+            self.selector.update(arm, self.contexts[i], 0.0)
         if not rewarded:
-            return None
+            return 0.0 if tied else None
         rewards = self.reward.rewards([v for _, _, v in rewarded], loss)
         for (i, arm, _), r in zip(rewarded, rewards, strict=True):
             self.selector.update(arm, self.contexts[i], r)
-        return float(np.mean(rewards))
+        return float(np.mean([*rewards, *[0.0] * len(tied)]))
 
     # -- evaluation on held-out prompts -----------------------------------------------------
     async def evaluate(self) -> dict[str, Any] | None:
