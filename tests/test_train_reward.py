@@ -19,7 +19,7 @@ from laser.server.config import BanditSettings, FeaturizerSettings, default_rewa
 from laser.server.featurize import Featurizer
 from laser.server.training import cli
 from laser.server.training.config import TrainConfig, load_train_config
-from laser.server.training.loop import linucb_config, make_selector
+from laser.server.training.loop import Trainer, linucb_config, make_selector
 from laser.server.training.reward import BanditReward
 
 FEATURIZER = Featurizer.from_settings(None, FeaturizerSettings())  # the default `kind` context
@@ -179,3 +179,27 @@ def test_config_keys_and_flags() -> None:
     cfg = load_train_config(None, **cli.flag_overrides(args))
     assert cfg.bandit_reward == "squashed_loss"
     assert (cfg.bandit.warmup, cfg.bandit.alpha, cfg.bandit.epsilon) == (3, 0.1, 0.05)
+
+
+@pytest.mark.parametrize("mode", ["batch", "per_query"])
+def test_an_rm_that_cannot_rank_differing_candidates_earns_zero(mode: str) -> None:
+    """No pairs: the RM tied every candidate. Where the candidates differed it failed to rank
+    them and earns 0 (unrewarded, the warm start would choose it forever); where they were
+    all the same text no RM could have ranked them, and nothing is rewarded."""
+    trainer = object.__new__(Trainer)  # the bandit update alone: no model
+    trainer.cfg = TrainConfig(bandit_mode=mode)
+    trainer.selector = make_selector(trainer.cfg, ["grounding", "arith"], FEATURIZER.dim, 4)
+    trainer.reward = BanditReward("baseline")
+    trainer.contexts = np.stack([MATH, MATH])
+    x = MATH if mode == "batch" else None
+    arms = ["grounding", "grounding"]
+
+    def pulls() -> int:
+        return int(trainer.selector.pulls[trainer.selector.index("grounding")])
+
+    assert trainer._update_bandit([0, 1], arms, x, [], None, None, set()) is None
+    assert pulls() == 0
+    assert trainer._update_bandit([0, 1], arms, x, [], None, None, {1}) == 0.0
+    assert pulls() == 1
+    assert trainer.selector.mean_reward("grounding") == 0.0
+    assert trainer.reward.baseline is None  # no loss: the shared baseline is untouched

@@ -182,7 +182,9 @@ def test_two_iterations_learn_and_resume_exactly(tiny_model: Path, tmp_path: Pat
     assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)
     ckpt = load_checkpoint(latest_checkpoint(full / "checkpoints"))  # type: ignore[arg-type]
     bandit = from_bytes(ckpt["selector"])
-    assert sum(bandit["meta"]["pulls"]) == len(trained)
+    # (a step without pairs is rewarded 0 when its RM tied candidates that differed)
+    assert all(s["bandit_reward"] in (0.0, None) for s in steps if s["loss"] is None)
+    assert sum(bandit["meta"]["pulls"]) == sum(s["bandit_reward"] is not None for s in steps)
     assert ckpt["state"]["step"] == 4 and ckpt["state"]["iteration"] == 2
 
     # The loss falls on a fixed batch: step 1's pairs, judged against the initial model.
@@ -360,4 +362,5 @@ def test_selectors_and_per_query_mode(
         assert sum(summary["rm_counts"].values()) == 8
         bandit = from_bytes(load_checkpoint(out / "checkpoints" / "iter-1")["selector"])
         trained_prompts = {p["prompt"] for p in map(json.loads, (out / "pairs.jsonl").open())}
-        assert sum(bandit["meta"]["pulls"]) == len(trained_prompts)
+        # (a prompt without pairs is rewarded 0 when its RM tied candidates that differed)
+        assert len(trained_prompts) <= sum(bandit["meta"]["pulls"]) <= 8

@@ -535,8 +535,12 @@ class Trainer:
         t_gen = time.perf_counter() - t_ad - t_adapter
         scores = await self._scores(my_arms, mine, gens)
         pairs: list[Pair] = []
+        # Prompts whose candidates differ: an RM that yields no pair there failed to rank them.
+        rankable = []
         for i, gen, sc in zip(mine, gens, scores, strict=True):
             texts = [c.text for c in gen.completions]
+            if len({t for t in texts if t.strip()}) > 1:
+                rankable.append(i)
             for c, r in build_pairs(sc, texts, cfg.pairs_per_prompt):
                 pairs.append(
                     Pair(
@@ -551,6 +555,7 @@ class Trainer:
             from accelerate.utils import gather_object
 
             pairs = [Pair(**p) for p in gather_object([vars(p) for p in pairs])]
+            rankable = list(gather_object(rankable))
         record: dict[str, Any] = {
             "step": self.state.step + 1,
             "iteration": iteration + 1,
@@ -566,20 +571,11 @@ class Trainer:
             if self.selector is not None and cfg.bandit_reward == "baseline":
                 record["bandit_baseline"] = self.reward.baseline  # before this step
             record["bandit_reward"] = self._update_bandit(
-                batch, arms, x, pairs, per_pair, metrics["loss"]
+                batch, arms, x, pairs, per_pair, metrics["loss"], set(rankable)
             )
         else:
-            # Every candidate tied: nothing to learn from. The RM that could not rank them
-            # earns the lowest reward, 0 (unrewarded, a warm start would try it forever).
-            reward = None
-            if self.selector is not None:
-                for i, arm in zip(batch, arms, strict=True):
-                    self.selector.update(
-                        arm, x if cfg.bandit_mode == "batch" else self.contexts[i], 0.0
-                    )
-                    if cfg.bandit_mode == "batch":
-                        break
-                reward = 0.0
+            # Every candidate tied: nothing to learn from, and no loss.
+            reward = self._update_bandit(batch, arms, x, [], None, None, set(rankable))
             record.update({"loss": None, "bandit_reward": reward})
             log.warning("step %d: no preference pairs (all candidates tied)", record["step"])
         with (self.out / "pairs.jsonl").open("a", encoding="utf-8") as f:
@@ -614,31 +610,41 @@ class Trainer:
         x: Any,
         pairs: list[Pair],
         per_pair: Any,
-        loss: float,
+        loss: float | None,
+        rankable: set[int],
     ) -> float | None:
         """Update the selector; returns the (mean) reward it got, None without one.
 
         The rule (`bandit_reward`) is laser.server.training.reward's; `loss` is the step's
-        loss over all its pairs, which the shared baseline takes in.
+        loss over all its pairs (None without pairs), which the shared baseline takes in.
+        An RM that gave no pair although the candidates differed (`rankable` prompts) could
+        not rank them: it earns the lowest reward, 0 (left unrewarded, the warm start would
+        keep choosing it). Where every candidate was the same text no RM could have done
+        better: no reward.
         """
         if self.selector is None:
             return None
         if self.cfg.bandit_mode == "batch":
+            if loss is None:
+                if not rankable:
+                    return None
+                self.selector.update(arms[0], x, 0.0)
+                return 0.0
             (reward,) = self.reward.rewards([loss], loss)
             self.selector.update(arms[0], x, reward)
             return reward
         # per_query: each prompt's RM is rewarded with the loss of that prompt's own pairs;
-        # an RM that gave its prompt no pairs (all candidates tied) earns 0.
+        # an RM that gave its prompt no pairs although the candidates differed earns 0.
         rewarded, tied = [], []
         for i, arm in zip(batch, arms, strict=True):
             mine = [k for k, p in enumerate(pairs) if p.item == i]
             if mine:
                 rewarded.append((i, arm, float(per_pair[mine].mean())))
-            else:
+            elif i in rankable:
                 tied.append((i, arm))
         for i, arm in tied:
             self.selector.update(arm, self.contexts[i], 0.0)
-        if not rewarded:
+        if not rewarded or loss is None:
             return 0.0 if tied else None
         rewards = self.reward.rewards([v for _, _, v in rewarded], loss)
         for (i, arm, _), r in zip(rewarded, rewards, strict=True):
