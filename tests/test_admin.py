@@ -61,7 +61,9 @@ def test_rm_added_online_is_chosen_once_it_earns_it_and_survives_restart(
         assert_error(httpx.post(url + "/admin/reward-models/ghost/disable"), 404, "name")
 
         picks = []
-        for i in range(16):
+        arms = list(httpx.get(url + "/admin/reward-models").json())
+        warmup = settings.bandit.warmup
+        for i in range(len(arms) * warmup + 10):
             gen = httpx.post(
                 url + "/generate",
                 timeout=120,
@@ -75,6 +77,10 @@ def test_rm_added_online_is_chosen_once_it_earns_it_and_survives_restart(
             picks.append(gen["reward_model"])
             reward = 1.0 if gen["reward_model"] == "relevance_b" else 0.0
             httpx.post(url + "/feedback", json={"id": gen["id"], "reward": reward})
+        # The warm start: every RM, the new one too, tried `warmup` times on this kind of
+        # query first; then the one that earned the rewards is chosen.
+        head = picks[: len(arms) * warmup]
+        assert sorted(head) == sorted(arms * warmup), picks
         assert picks[-5:] == ["relevance_b"] * 5, picks
 
         assert httpx.post(url + "/admin/reward-models/relevance_b/disable").status_code == 200
