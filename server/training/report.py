@@ -1,5 +1,5 @@
-"""The training plot: loss per step (coloured by the RM used), RM usage per iteration and
-per task."""
+"""The training plot: loss per step (coloured by the RM used, with the bandit's shared
+baseline and each step's reward), RM usage per iteration and per task."""
 
 from __future__ import annotations
 
@@ -26,7 +26,31 @@ def plot_training(steps: list[dict[str, Any]], path: Path, title: str = "trainin
         pts = [(s["step"], s["loss"]) for s in steps if s["rm"] == rm and s.get("loss") is not None]
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=colors[rm], label=rm, s=18, zorder=3)
-    ax.set(xlabel="step", ylabel="DPO + NLL loss", title="loss per step (colour: RM)")
+    base = [
+        (s["step"], s["bandit_baseline"]) for s in steps if s.get("bandit_baseline") is not None
+    ]
+    if base:
+        ax.plot(*zip(*base, strict=True), "k--", lw=1, label="shared baseline")
+    for s in steps:  # the bandit's reward for the step, next to its point
+        if s.get("bandit_reward") is not None and s.get("loss") is not None:
+            ax.annotate(
+                f"{s['bandit_reward']:.2f}",
+                (s["step"], s["loss"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
+    ax.set(
+        xlabel="step",
+        ylabel="DPO + NLL loss",
+        title="loss per step (colour: RM"
+        + (
+            "; label: bandit reward)"
+            if any(s.get("bandit_reward") is not None for s in steps)
+            else ")"
+        ),
+    )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
 
