@@ -19,6 +19,10 @@ After each pass over the prompts (an iteration) the reference is re-synced to th
 (and the reward's baseline restarts) and a checkpoint is written.
 
     summary = asyncio.run(run_training(load_train_config("train.toml")))
+
+Over 400 lines on purpose, like nanoGPT's train.py: one `Trainer` whose steps share the
+policy, the reference, the optimizer, the sampler and the selector, read in order; split up,
+they would pass that state around.
 """
 
 from __future__ import annotations
