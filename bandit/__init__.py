@@ -27,7 +27,6 @@ from laser.bandit.state import (
     to_bytes,
 )
 
-Selector = LinUCB | FixedArm | UniformRandom | RoundRobin
 
 __all__ = [
     "ArmSet",
@@ -41,7 +40,6 @@ __all__ = [
     "PercentileSquash",
     "RoundRobin",
     "Selection",
-    "Selector",
     "StateError",
     "UniformRandom",
     "UnknownArmError",
