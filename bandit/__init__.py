@@ -27,7 +27,6 @@ from laser.bandit.state import (
     to_bytes,
 )
 
-
 __all__ = [
     "ArmSet",
     "BanditError",
