@@ -96,9 +96,27 @@ class Services:
         self.engine.shutdown()
 
 
+def vllm_engine(e: EngineSettings, model_path: str, name: str) -> Engine:
+    """The in-process vLLM engine `e` describes (serving, and training's sampler)."""
+    from laser.server.engine import VLLMEngine
+
+    return VLLMEngine(
+        model_path,
+        name=name,
+        max_model_len=e.max_model_len,
+        seed=e.seed,
+        dtype=e.dtype,
+        tensor_parallel_size=e.tensor_parallel_size,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+        kv_cache_gib=e.kv_cache_gib,
+        enforce_eager=e.enforce_eager,
+        enable_lora=e.enable_lora,
+        max_lora_rank=e.max_lora_rank,
+    )
+
+
 def load_services(settings: Settings) -> Services:
     """Load the engine and the encoder named by `settings` (minutes at worst; logs progress)."""
-    from laser.server.engine import VLLMEngine
 
     e = settings.engine
     enc_path = encoder_path(settings)
@@ -119,18 +137,6 @@ def load_services(settings: Settings) -> Services:
         )
         return Services(engine=engine, encoder=SentenceEncoder(enc_path))
     log.info("starting engine: vLLM, model %s (%s)", name, model_path)
-    engine = VLLMEngine(
-        model_path,
-        name=name,
-        max_model_len=e.max_model_len,
-        seed=e.seed,
-        dtype=e.dtype,
-        tensor_parallel_size=e.tensor_parallel_size,
-        gpu_memory_utilization=e.gpu_memory_utilization,
-        kv_cache_gib=e.kv_cache_gib,
-        enforce_eager=e.enforce_eager,
-        enable_lora=e.enable_lora,
-        max_lora_rank=e.max_lora_rank,
-    )
+    engine = vllm_engine(e, model_path, name)
     log.info("loading sentence encoder %s", enc_path)
     return Services(engine=engine, encoder=SentenceEncoder(enc_path))

@@ -240,16 +240,17 @@ class Trainer:
                 scoring_context=self.policy.disable_adapter,
             )
         else:
-            from laser.server.engine import VLLMEngine
+            from laser.server.config import EngineSettings
+            from laser.server.services import vllm_engine
 
-            self.engine = VLLMEngine(
-                self.model_path,
-                name=self.model_name,
+            # The sampler follows the trained adapter: LoRA on, the rank the run trains.
+            settings = EngineSettings(
                 max_model_len=cfg.max_model_len,
                 seed=cfg.seed,
                 enable_lora=True,
                 max_lora_rank=max(cfg.lora_r, 8),
             )
+            self.engine = vllm_engine(settings, self.model_path, self.model_name)
         self.encoder = SentenceEncoder(cfg.featurizer.model or assets.minilm_path())
         # The server's featurizer, from the same settings: a seeded bandit means the same.
         self.featurizer = Featurizer.from_settings(self.encoder, cfg.featurizer)
