@@ -224,11 +224,7 @@ def pilot_table(col: Collected) -> dict[str, Any]:
     t = col.table
     idx = np.arange(len(t.tasks))
     rows: dict[str, dict[str, float]] = {}
-    values = {f"rm:{rm}": pr.pick_quality(t, rm) for rm in t.rms}
-    values.update(pr.ensemble_quality(t))
-    values["first_sample"] = t.quality[:, 0]
-    values["oracle_rm_query"] = np.max([pr.pick_quality(t, rm) for rm in t.rms], axis=0)
-    values["oracle"] = t.quality.max(axis=1)
+    values = pr.per_item_values(t)
     for name, v in values.items():
         rows[name] = {k: round(x, 4) for k, x in pr.per_task(v, idx, t.tasks).items()}
     return {"items": len(t.tasks), "rows": rows, "stats": col.stats}

@@ -30,11 +30,16 @@ from laser.server.evaluation.strategies import (
     IntArray,
     LaserSettings,
     Table,
-    ensemble_mean_scores,
     frozen_arms,
     laser_context,
     learn_laser,
-    votes,
+    run_ensemble_mean,
+    run_ensemble_vote,
+    run_first,
+    run_fixed,
+    run_greedy,
+    run_oracle,
+    run_oracle_rm_query,
 )
 
 
@@ -64,20 +69,20 @@ def stream_orders(split: Split, count: int, seed: int) -> list[IntArray]:
 
 
 # -- per-item values --------------------------------------------------------------------------
-def pick_quality(t: Table, rm: str) -> FloatArray:
-    """Quality of the candidate `rm` ranks first, for every item (ties: the first)."""
-    picked: FloatArray = t.quality[np.arange(len(t.tasks)), np.argmax(t.scores[rm], axis=1)]
-    return picked
-
-
-def ensemble_quality(t: Table, rms: Sequence[str] | None = None) -> dict[str, FloatArray]:
-    rms = list(rms or t.rms)
-    idx = np.arange(len(t.tasks))
-    mean = ensemble_mean_scores(t, rms)
-    return {
-        "ensemble_mean": t.quality[idx, np.argmax(mean, axis=1)],
-        "ensemble_vote": t.quality[idx, np.argmax(votes(t, rms) + 0.5 * mean, axis=1)],
-    }
+def per_item_values(t: Table) -> dict[str, FloatArray]:
+    """Quality per item of every strategy that needs no learning (`strategies.py`): each
+    single RM, the two ensembles, no reranking, greedy decoding, the per-query RM oracle and
+    the oracle."""
+    values: dict[str, FloatArray] = {f"rm:{rm}": run_fixed(t, rm).quality for rm in t.rms}
+    values["ensemble_mean"] = run_ensemble_mean(t).quality
+    values["ensemble_vote"] = run_ensemble_vote(t).quality
+    values["first_sample"] = run_first(t).quality
+    greedy = run_greedy(t)
+    if greedy is not None:
+        values["greedy"] = greedy.quality
+    values["oracle_rm_query"] = run_oracle_rm_query(t).quality
+    values["oracle"] = run_oracle(t).quality
+    return values
 
 
 def macro(values: FloatArray, items: IntArray, tasks: Sequence[str], keep: Sequence[str]) -> float:
@@ -167,7 +172,8 @@ def heldout_values(
 ) -> tuple[dict[str, FloatArray], dict[str, str]]:
     """Every strategy's per-item quality (held-out items meaningful), and which RM the
     stream chose for the hindsight rows."""
-    singles = {rm: pick_quality(t, rm) for rm in t.rms}
+    fixed = per_item_values(t)
+    singles = {rm: fixed[f"rm:{rm}"] for rm in t.rms}
     stream_score = {rm: macro(q, split.stream, t.tasks, keep) for rm, q in singles.items()}
     best_single = max(t.rms, key=lambda rm: stream_score[rm])
     tasks = np.asarray(t.tasks)
@@ -180,17 +186,12 @@ def heldout_values(
         best_task[tasks == task] = singles[best][tasks == task]
     values: dict[str, FloatArray] = {
         "laser": laser,
+        # A random RM's exact expectation: the mean of the single RMs' picks.
         "random_rm": np.mean([singles[rm] for rm in t.rms], axis=0),
         "best_single": singles[best_single],
-        **{f"rm:{rm}": q for rm, q in singles.items()},
-        **ensemble_quality(t),
-        "first_sample": t.quality[:, 0],
+        **fixed,
+        "oracle_rm_task": best_task,
     }
-    if t.greedy_quality is not None:
-        values["greedy"] = t.greedy_quality.astype(np.float64)
-    values["oracle_rm_task"] = best_task
-    values["oracle_rm_query"] = np.max([singles[rm] for rm in t.rms], axis=0)
-    values["oracle"] = t.quality.max(axis=1)
     return values, chosen
 
 

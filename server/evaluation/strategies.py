@@ -7,14 +7,12 @@ scores, and the bandit's context per item.
 | strategy | picks | RM calls per item |
 |---|---|---|
 | `laser` | LinUCB picks one RM per item (featurizer context); feedback = pick's quality | 1 |
-| `random_rm` | a uniformly random RM per item | 1 |
 | `rm:<name>` | always that RM | 1 |
 | `ensemble_mean` | argmax of the mean of per-item min-max normalised scores of all RMs | K |
 | `ensemble_vote` | the candidate most RMs rank first (ties: `ensemble_mean`) | K |
 | `first_sample` | candidate 0 (no reranking) | 0 |
 | `greedy` | the greedy decode (a separate engine call) | 0 |
 | `oracle` | any correct candidate (max quality): the ceiling of best-of-n | - |
-| `oracle_rm_task` | per task, the RM best on that task in hindsight | 1 |
 | `oracle_rm_query` | per item, the RM whose pick is best in hindsight | 1 |
 
 Ties among a single RM's scores go to the lowest index, as in serving (`np.argmax`).
@@ -103,11 +101,6 @@ class Run:
     rm_calls: int
     rm_seconds: float
     overhead_seconds: float = 0.0
-
-    def curve(self) -> FloatArray:
-        """Running mean quality along the stream (what a user would have seen so far)."""
-        q = self.quality[self.order]
-        return np.cumsum(q) / np.arange(1, len(q) + 1)
 
 
 def _result(
@@ -217,20 +210,6 @@ def run_greedy(t: Table, order: IntArray | None = None) -> Run | None:
     )
 
 
-def run_oracle_rm_task(t: Table, order: IntArray | None = None) -> Run:
-    """Per task, the single RM with the best mean quality on that task (hindsight)."""
-    tasks = np.array(t.tasks)
-    arms: list[str | None] = [None] * len(tasks)
-    picks = np.zeros(len(tasks), dtype=np.int64)
-    for task in dict.fromkeys(t.tasks):
-        rows = np.flatnonzero(tasks == task)
-        best = max(t.rms, key=lambda r: run_fixed(t, r).quality[rows].mean())
-        picks[rows] = np.argmax(t.scores[best][rows], axis=1)
-        for i in rows:
-            arms[i] = best
-    return _result("oracle_rm_task", t, picks, order, arms)
-
-
 def run_oracle_rm_query(t: Table, order: IntArray | None = None) -> Run:
     """Per item, the RM whose pick is best (hindsight): the ceiling of RM selection."""
     fixed = {r: run_fixed(t, r) for r in t.rms}
@@ -241,17 +220,6 @@ def run_oracle_rm_query(t: Table, order: IntArray | None = None) -> Run:
         arms.append(best)
         picks[i] = fixed[best].picks[i]
     return _result("oracle_rm_query", t, picks, order, arms)
-
-
-def run_random_rm(t: Table, order: IntArray, seed: int) -> Run:
-    rng = np.random.default_rng(seed)
-    arms: list[str | None] = [None] * len(t.tasks)
-    picks = np.zeros(len(t.tasks), dtype=np.int64)
-    for i in order:
-        arm = t.rms[int(rng.integers(len(t.rms)))]
-        arms[i] = arm
-        picks[i] = int(np.argmax(t.scores[arm][i]))
-    return _result("random_rm", t, picks, order, arms)
 
 
 @dataclass(frozen=True)
@@ -348,33 +316,3 @@ def frozen_arms(bandit: LinUCB, ctx: FloatArray, items: IntArray) -> list[str]:
     theta = np.array([bandit.theta(a) for a in arms])
     means = ctx[items] @ theta.T
     return [arms[int(k)] for k in np.argmax(means, axis=1)]
-
-
-def orderings(n_items: int, count: int, seed: int) -> list[IntArray]:
-    """`count` seeded random permutations of the items (the streams LASeR learns over)."""
-    return [np.random.default_rng([seed, k]).permutation(n_items) for k in range(count)]
-
-
-def run_all(
-    t: Table, orders: Sequence[IntArray], seed: int, laser: LaserSettings = LaserSettings()
-) -> dict[str, list[Run]]:
-    """Every strategy over every ordering (order-free strategies are computed once per ordering
-    too, so every row has the same number of runs; their spread is 0)."""
-    out: dict[str, list[Run]] = {}
-    for k, order in enumerate(orders):
-        runs = [
-            run_laser(t, order, seed=seed * 1000 + k, settings=laser),
-            run_random_rm(t, order, seed=seed * 1000 + k + 500),
-            *(run_fixed(t, r, order) for r in t.rms),
-            run_ensemble_mean(t, order),
-            run_ensemble_vote(t, order),
-            run_first(t, order),
-            run_greedy(t, order),
-            run_oracle_rm_task(t, order),
-            run_oracle_rm_query(t, order),
-            run_oracle(t, order),
-        ]
-        for run in runs:
-            if run is not None:
-                out.setdefault(run.strategy, []).append(run)
-    return out
