@@ -146,8 +146,11 @@ class LinUCB(ArmSet):
     def region(self, x: npt.ArrayLike) -> int:
         """The warm-up region of context `x`: the index of the largest of its first `regions`
         features (0 when `regions` is 0)."""
+        return self._region(self._context(x))
+
+    def _region(self, ctx: FloatArray) -> int:
         r = self.config.regions
-        return int(np.argmax(self._context(x)[:r])) if r else 0
+        return int(np.argmax(ctx[:r])) if r else 0
 
     def select(self, x: npt.ArrayLike, among: Iterable[str] | None = None) -> Selection:
         """Pick an enabled arm for context `x` (shape `(dim,)`).
@@ -206,8 +209,7 @@ class LinUCB(ArmSet):
         there has fewer than `warmup` rewarded tries; empty once the region is warm."""
         if self.config.warmup == 0:
             return []
-        r = self.config.regions
-        counts = self._region_pulls[idx, int(np.argmax(ctx[:r])) if r else 0]
+        counts = self._region_pulls[idx, self._region(ctx)]
         low = int(counts.min())
         if low >= self.config.warmup:
             return []
@@ -230,8 +232,7 @@ class LinUCB(ArmSet):
         # Recursive least squares, the matching theta step: theta += u (r - x.theta) / den.
         self._theta[k] += u * ((r - float(ctx @ self._theta[k])) / den)
         self._b[k] += r * ctx
-        reg = self.config.regions
-        self._region_pulls[k, int(np.argmax(ctx[:reg])) if reg else 0] += 1
+        self._region_pulls[k, self._region(ctx)] += 1
         self._last_x = None
         self._last_v = {}
         self._record(k, r)

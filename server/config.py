@@ -33,6 +33,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from laser.bandit import LinUCBConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -88,6 +90,19 @@ class BanditSettings(_Section):
     )
     seed: int = 0
     snapshot_every: int = Field(100, ge=1, description="feedbacks between bandit snapshots")
+
+    def linucb(self, dim: int, regions: int, seed: int | None = None) -> LinUCBConfig:
+        """The LinUCB these settings describe over a context of `dim` features whose first
+        `regions` are the warm start's one-hot regions (serving and training alike)."""
+        return LinUCBConfig(
+            dim=dim,
+            alpha=self.alpha,
+            ridge=self.ridge,
+            epsilon=self.epsilon,
+            seed=self.seed if seed is None else seed,
+            warmup=self.warmup,
+            regions=regions,
+        )
 
 
 class BreakerSettings(_Section):

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from laser.bandit import LinUCB, LinUCBConfig, Selection, from_bytes, to_bytes
+from laser.bandit import LinUCB, Selection, from_bytes, to_bytes
 from laser.server import answers
 from laser.server.bandit_store import restore_bandit
 from laser.server.config import RewardModelSpec, Settings
@@ -88,16 +88,7 @@ class Reranker:
         self.store_fault: str | None = None
         # The LoRA adapter serving uses (POST /v1/policy); None = the base model.
         self._adapter: Adapter | None = None
-        b = settings.bandit
-        self.bandit_config = LinUCBConfig(
-            dim=featurizer.dim,
-            alpha=b.alpha,
-            ridge=b.ridge,
-            epsilon=b.epsilon,
-            seed=b.seed,
-            warmup=b.warmup,
-            regions=featurizer.regions,
-        )
+        self.bandit_config = settings.bandit.linucb(featurizer.dim, featurizer.regions)
         self.bandit, self._feedback_seq = restore_bandit(store, self.bandit_config, self.rms.models)
         self._since_snapshot = 0
         for name in disabled:

@@ -96,16 +96,7 @@ class RunState:
 
 def linucb_config(cfg: TrainConfig, dim: int, regions: int) -> LinUCBConfig:
     """LinUCB as the server configures it (`cfg.bandit`), seeded by the run's `seed`."""
-    b = cfg.bandit
-    return LinUCBConfig(
-        dim=dim,
-        alpha=b.alpha,
-        ridge=b.ridge,
-        epsilon=b.epsilon,
-        seed=cfg.seed,
-        warmup=b.warmup,
-        regions=regions,
-    )
+    return cfg.bandit.linucb(dim, regions, seed=cfg.seed)
 
 
 def make_selector(cfg: TrainConfig, names: list[str], dim: int, regions: int = 0) -> Any:
