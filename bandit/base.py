@@ -23,7 +23,9 @@ class Selection:
     (LinUCB's `theta.x` and `sqrt(x' A^-1 x)`; baselines report their running mean reward
     and 0). `propensity` is the probability with which the selector would pick `arm` for
     this context: 1.0 for a deterministic choice, less where ties or exploration randomise
-    it, so logged decisions can be evaluated off-policy later.
+    it, so logged decisions can be evaluated off-policy later. `probabilities` is the whole
+    distribution the choice was drawn from: each eligible arm's chance (summing to 1), so a
+    log can also say how likely an arm chosen some other way was under this policy.
     """
 
     arm: str
@@ -33,6 +35,7 @@ class Selection:
     expectations: dict[str, float] = field(default_factory=dict)
     widths: dict[str, float] = field(default_factory=dict)
     explored: bool = False
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 def check_reward(reward: float) -> float:

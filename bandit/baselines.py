@@ -27,6 +27,10 @@ class _ContextFree(ArmSet):
         self._register(name)
 
     def _selection(self, index: int, propensity: float, idx: list[int]) -> Selection:
+        # Uniform draws spread `propensity` over `idx`; deterministic ones put 1 on `index`.
+        probs = {
+            self._names[i]: (propensity if propensity < 1.0 else float(i == index)) for i in idx
+        }
         return Selection(
             arm=self._names[index],
             index=index,
@@ -34,6 +38,7 @@ class _ContextFree(ArmSet):
             propensity=propensity,
             expectations=stats_means(self, idx),
             widths={self._names[i]: 0.0 for i in idx},
+            probabilities=probs,
         )
 
     def _extra_meta(self) -> dict[str, Any]:

@@ -181,7 +181,8 @@ class LinUCB(ArmSet):
         if warm:
             # Warm start: uniform among the arms least tried in this region.
             pick = warm[int(self._rng.integers(len(warm)))] if len(warm) > 1 else warm[0]
-            propensity, explored = 1.0 / len(warm), True
+            explored = True
+            probs = [1.0 / len(warm) if j in warm else 0.0 for j in range(len(idx))]
         else:
             best = max(ucb)
             floor = best - _TIE_RTOL * max(1.0, abs(best))
@@ -192,7 +193,11 @@ class LinUCB(ArmSet):
                 pick = int(self._rng.integers(len(idx)))
             else:
                 pick = ties[0] if len(ties) == 1 else ties[int(self._rng.integers(len(ties)))]
-            propensity = eps / len(idx) + ((1 - eps) / len(ties) if pick in ties else 0.0)
+            probs = [
+                eps / len(idx) + ((1 - eps) / len(ties) if j in ties else 0.0)
+                for j in range(len(idx))
+            ]
+        propensity = probs[pick]
         names = [self._names[i] for i in idx]
         return Selection(
             arm=names[pick],
@@ -202,6 +207,7 @@ class LinUCB(ArmSet):
             expectations=dict(zip(names, means.tolist(), strict=True)),
             widths=dict(zip(names, widths.tolist(), strict=True)),
             explored=explored,
+            probabilities=dict(zip(names, probs, strict=True)),
         )
 
     def _warming(self, ctx: FloatArray, idx: list[int]) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -28,13 +29,17 @@ from laser.server.protocol import (
     ErrorResponse,
 )
 from laser.server.routes import admin_router, native_router
-from laser.server.services import Services, load_services
+from laser.server.services import Services, build_reward_model, load_services
 from laser.server.store import Store
 from laser.server.training.api import restore_policy
 from laser.server.training.api import router as training_router
 from laser.server.training.jobs import JobManager
 
 log = logging.getLogger("laser.server")
+
+
+class InsecureSettingsError(RuntimeError):
+    """Settings that would expose the server without an API key (see `exposure_problem`)."""
 
 
 def http_server(
@@ -69,25 +74,40 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        problem = settings.exposure_problem()
+        if problem is not None:
+            raise InsecureSettingsError(problem)
         own = services is None
         svc = load_services(settings) if services is None else services
         store = Store(settings.store_path)
         featurizer = svc.featurizer(settings)
-        rms = {spec.name: svc.reward_model(spec) for spec in settings.reward_models}
         metrics = Metrics()
 
         def build_rm(spec: RewardModelSpec) -> Any:
-            return svc.reward_model(spec)
+            # Under the server's own outbound rule, whatever the services were loaded with.
+            return build_reward_model(
+                spec, engine=svc.engine, encoder=svc.encoder, allowed_hosts=settings.outbound_hosts
+            )
 
-        reranker = Reranker(settings, svc.engine, featurizer, rms, store, metrics, build_rm)
+        rms, unavailable = {}, {}
+        for spec in settings.reward_models:
+            try:
+                rms[spec.name] = build_rm(spec)
+            except Exception as exc:  # a bad entry disables that RM; the server still starts
+                unavailable[spec.name] = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("reward model %s disabled: %s", spec.name, unavailable[spec.name])
+        reranker = Reranker(
+            settings, svc.engine, featurizer, rms, store, metrics, build_rm, unavailable
+        )
         await reranker.warmup()
         app.state.settings = settings
         app.state.reranker = reranker
         app.state.metrics = metrics
         app.state.admission = Admission.from_settings(settings, metrics)
-        app.state.jobs = JobManager(settings.data_dir, settings.model_cache)
-        app.state.jobs.recover()  # jobs of an earlier server process: resumed or failed
-        restore_policy(app.state)
+        jobs = JobManager(settings.data_dir, settings.model_cache)
+        app.state.jobs = jobs
+        await jobs.call(jobs.recover)  # jobs of an earlier server process: resumed or failed
+        await asyncio.to_thread(restore_policy, app.state)
         log.info(
             "ready: model %s, reward models %s, bandit d=%d alpha=%s, store %s",
             svc.engine.model_name,
@@ -104,9 +124,10 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             except Exception as exc:
                 log.warning("final snapshot failed: %s", exc)
             store.close()
-            app.state.jobs.close()
+            jobs.close()
+            await reranker.rms.aclose()  # the remote RMs' HTTP clients
             if own:
-                svc.shutdown()
+                await svc.aclose()
 
     app = FastAPI(
         title="laser-server",

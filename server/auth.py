@@ -1,5 +1,8 @@
-"""API-key checks as FastAPI dependencies. The key is the app's `settings.api_key`; admin
-routes always need it (when one is set), generation and feedback when `protect_generate`."""
+"""API-key checks as FastAPI dependencies. The key is the app's `settings.api_key`. When one
+is set, everything that changes or reveals the server's state needs it (admin, training,
+policy, feedback, the bandit routes: `require_admin`); generation (`/generate`, `/v1/*`)
+needs it when `protect_generate` is on (`require_user`). `/health` and `/metrics` stay open
+for load balancers and scrapers."""
 
 from __future__ import annotations
 

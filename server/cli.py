@@ -23,6 +23,9 @@ def _serve(args: argparse.Namespace) -> None:
         settings = settings_from_flags(args)
     except (ValidationError, OSError, ValueError) as exc:
         sys.exit(f"laser-server: bad configuration: {exc}")
+    problem = settings.exposure_problem()
+    if problem is not None:
+        sys.exit(f"laser-server: {problem}")
     log_to_stderr()
     log = logging.getLogger("laser.server")
     log.info(
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     from laser.server.evaluation.cli import add_parser as add_eval
 
     add_eval(sub)
+
+    from laser.server.ope.cli import add_parser as add_ope
+
+    add_ope(sub)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -26,6 +26,7 @@ Environment: `LASER_PORT=9000`, `LASER_ENGINE__MODEL=/models/llama` (nested with
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from laser.bandit import LinUCBConfig
+from laser.server.outbound import LOOPBACK
 
 
 class _Section(BaseModel):
@@ -175,9 +177,26 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(1 << 20, ge=1, description="all documents together")
     max_documents: int = Field(64, ge=1)
     api_key: str | None = Field(
-        None, description="when set, admin routes need `Authorization: Bearer <key>`"
+        None,
+        description="when set, admin, training, policy, feedback and bandit routes need "
+        "`Authorization: Bearer <key>` (or `X-API-Key`)",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="read `api_key` from this file (a Docker/compose secret); surrounding "
+        "whitespace is dropped",
     )
     protect_generate: bool = Field(False, description="require the API key on generation too")
+    insecure_no_api_key: bool = Field(
+        False,
+        description="allow listening on a non-loopback address without an API key: anyone "
+        "who reaches the port can then change RMs, train and steer the bandit",
+    )
+    outbound_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK),
+        description="hosts remote RMs and the remote engine may call: names, `*.suffix`, IPs "
+        "or networks (laser.server.outbound); default loopback only",
+    )
     model_roots: list[Path] = Field(
         default_factory=list,
         description="folders that model/adapter paths given over the API must lie in "
@@ -200,12 +219,35 @@ class Settings(BaseSettings):
         return rms
 
     @model_validator(mode="after")
+    def _key_file(self) -> Settings:
+        if self.api_key_file is not None:
+            if self.api_key is not None:
+                raise ValueError("give api_key or api_key_file, not both")
+            key = self.api_key_file.read_text(encoding="utf-8").strip()
+            if not key:
+                raise ValueError(f"api_key_file {self.api_key_file} is empty")
+            self.api_key = key
+        return self
+
+    @model_validator(mode="after")
     def _limits(self) -> Settings:
         if self.n_default > self.n_max:
             raise ValueError(f"n_default ({self.n_default}) > n_max ({self.n_max})")
         if self.max_tokens_default > self.max_tokens_limit:
             raise ValueError("max_tokens_default > max_tokens_limit")
         return self
+
+    def exposure_problem(self) -> str | None:
+        """Why serving with these settings would be unsafe (None: it is not): a non-loopback
+        `host` without an API key, unless `insecure_no_api_key` says so on purpose."""
+        if self.api_key is not None or self.insecure_no_api_key or is_loopback(self.host):
+            return None
+        return (
+            f"refusing to listen on {self.host} without an API key: anyone who reaches the "
+            "port could add reward models, start training jobs and steer the bandit. Set "
+            "api_key (LASER_API_KEY) or api_key_file (LASER_API_KEY_FILE), or listen on "
+            "127.0.0.1; insecure_no_api_key = true serves without one anyway"
+        )
 
     @property
     def store_path(self) -> Path:
@@ -219,6 +261,16 @@ class Settings(BaseSettings):
     def api_path_roots(self) -> list[Path]:
         """Where paths named over the API may point: `model_roots`, then the data dir."""
         return [*self.model_roots, self.data_dir]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

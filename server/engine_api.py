@@ -74,6 +74,10 @@ class Engine(Protocol):
         """Mean log-probability per token of each continuation after `prefix`."""
         ...
 
+    async def aclose(self) -> None:
+        """Close what the engine opened on the event loop (HTTP clients); then `shutdown`."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -93,6 +97,9 @@ class EngineBase:
     ) -> list[Generation]:
         # Submitted together, the prompts run as one continuous batch in the engine.
         return list(await asyncio.gather(*(self.generate(p, sampling, adapter) for p in prompts)))
+
+    async def aclose(self) -> None:
+        return None
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

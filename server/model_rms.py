@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from laser.server.outbound import LOOPBACK, check_url, guarded_client
 from laser.server.rewards import Query
 
 
@@ -115,7 +116,8 @@ class RemoteRM:
         POST <url>  {"question", "prompt", "documents", "task", "responses": [...]}
         200         {"scores": [float, ...]}   one per response, same order
 
-    Timeouts and retries (on connection errors, 429 and 5xx) are per call.
+    Timeouts and retries (on connection errors, 429 and 5xx) are per call. Only hosts in
+    `allowed_hosts` (the server's `outbound_hosts`) are called, redirects included.
     """
 
     kind = "remote"
@@ -130,9 +132,11 @@ class RemoteRM:
         protocol: str = "json",
         model: str | None = None,
         tokenizer: str | None = None,
+        allowed_hosts: Sequence[str] = LOOPBACK,
     ) -> None:
         import httpx
 
+        check_url(url, allowed_hosts)  # HostNotAllowedError: the caller's 403
         if protocol not in ("json", "vllm_classify"):
             raise ValueError(f"protocol must be json or vllm_classify, got {protocol!r}")
         self.name, self.url, self.retries = name, url, retries
@@ -143,8 +147,11 @@ class RemoteRM:
 
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self._http = guarded_client(allowed_hosts, timeout=timeout, headers=headers)
         self._httpx = httpx
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
         body: dict[str, Any]

@@ -4,7 +4,13 @@
 reranked by the RM the bandit picks; the top `n` come back, best first. Our extras sit
 under one `laser` key; extra request fields (the SDK's `extra_body`: `document`,
 `documents`, `document_policy`, `reward_model`, `task`, `reference`) ride in the body.
-Streaming is refused with a 400: the answer is known only after every candidate is scored.
+
+`model` chooses the policy as with OpenAI: the base model's name, a served adapter's name
+(both listed by `/v1/models`), or nothing for the live policy; any other name is a 404.
+`stream=true` is answered as server-sent events in OpenAI's chunk format. The answer is known
+only once every candidate is scored, so the events come after that, at once: a client that
+streams by default works, it just sees the whole text in one chunk per choice. Errors before
+that point are ordinary JSON error responses.
 """
 
 from __future__ import annotations
@@ -12,25 +18,63 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from laser.server.admission import check_input_size
 from laser.server.errors import BadRequestError, ConflictError
 from laser.server.pipeline import Reranker
-from laser.server.protocol import ChatMessage, GenerateRequest, GenerateResponse
+from laser.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatMessage,
+    CompletionChoice,
+    CompletionResponse,
+    GenerateRequest,
+    GenerateResponse,
+    LaserExtras,
+    ModelCard,
+    ModelCardExtras,
+    ModelList,
+)
 
 router = APIRouter(prefix="/v1")
+# `stream=true` answers are server-sent events: documented beside the JSON body.
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                # Each event: `data:` holds one chunk as JSON, the last one `[DONE]`.
+                "schema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    "required": ["data"],
+                }
+            }
+        },
+        "description": "the answer; with stream=true as server-sent events (OpenAI's chunks)",
+    }
+}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
 
 
 class _OpenAIBase(BaseModel):
     # Unknown OpenAI fields we do not implement (user, seed, ...) are accepted and ignored.
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: str | None = Field(None, max_length=256)
     n: int = Field(1, ge=1)
     best_of: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -39,6 +83,7 @@ class _OpenAIBase(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: list[str] | str | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     # laser extras (extra_body)
     document: str | None = None
     documents: list[str] | None = None
@@ -57,19 +102,16 @@ class ChatCompletionRequest(_OpenAIBase):
 
 
 def _to_generate(body: _OpenAIBase, **input_: Any) -> GenerateRequest:
-    if body.stream:
-        raise BadRequestError(
-            "stream=true is not supported: the answer is chosen only after all candidates are "
-            "generated and scored; send stream=false",
-            param="stream",
-            code="stream_not_supported",
-        )
     total = body.best_of if body.best_of is not None else body.n
     if total < body.n:
         raise BadRequestError(f"best_of ({total}) must be >= n ({body.n})", param="best_of")
+    if body.stream and body.best_of is not None and body.best_of != body.n:
+        # OpenAI refuses this combination too; kept for drop-in parity.
+        raise BadRequestError("best_of cannot be used with stream=true", param="best_of")
     try:
         return GenerateRequest(
             **input_,
+            model=body.model,
             document=body.document,
             documents=body.documents,
             document_policy=body.document_policy,
@@ -87,20 +129,20 @@ def _to_generate(body: _OpenAIBase, **input_: Any) -> GenerateRequest:
         raise RequestValidationError(exc.errors()) from None
 
 
-def _laser(result: GenerateResponse) -> dict[str, Any]:
+def _laser(result: GenerateResponse) -> LaserExtras:
     assert result.candidates is not None
-    return {
-        "id": result.id,
-        "reward_model": result.reward_model,
-        "selection": result.selection,
-        "propensity": result.propensity,
-        "scores": [c.score for c in result.candidates],
-        "chosen_index": result.index,
-        "choice_indices": _order(result),
-        "timings_ms": result.timings_ms,
-        "document_truncated": result.document_truncated,
-        "correct": result.correct,
-    }
+    return LaserExtras(
+        id=result.id,
+        reward_model=result.reward_model,
+        selection=result.selection,
+        propensity=result.propensity,
+        scores=[c.score for c in result.candidates],
+        chosen_index=result.index,
+        choice_indices=_order(result),
+        timings_ms=result.timings_ms,
+        document_truncated=result.document_truncated,
+        correct=result.correct,
+    )
 
 
 def _order(result: GenerateResponse) -> list[int]:
@@ -132,70 +174,122 @@ async def run_generate(request: Request, req: GenerateRequest, prefix: str) -> G
             raise ConflictError(f"request id {request_id!r} was used already", param="id") from None
 
 
-@router.post("/completions")
-async def completions(body: CompletionRequest, request: Request) -> dict[str, Any]:
+def _sse(events: Iterator[BaseModel]) -> StreamingResponse:
+    def body() -> Iterator[str]:
+        for event in events:
+            yield f"data: {event.model_dump_json()}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
+
+
+def _completion(result: GenerateResponse, n: int) -> CompletionResponse:
+    return CompletionResponse(
+        id=result.id,
+        created=int(time.time()),
+        model=result.model,
+        choices=[
+            CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
+            for i, c in enumerate(_ranked(result, n))
+        ],
+        usage=result.usage,
+        laser=_laser(result),
+    )
+
+
+def _completion_events(full: CompletionResponse, usage: bool) -> Iterator[BaseModel]:
+    """The text of each choice, then its finish reason, then (if asked) the usage."""
+    head = {"id": full.id, "created": full.created, "model": full.model}
+    for c in full.choices:
+        yield CompletionResponse(
+            **head, choices=[CompletionChoice(index=c.index, text=c.text, finish_reason=None)]
+        )
+    yield CompletionResponse(
+        **head,
+        choices=[
+            CompletionChoice(index=c.index, text="", finish_reason=c.finish_reason)
+            for c in full.choices
+        ],
+        laser=full.laser,
+    )
+    if usage:
+        yield CompletionResponse(**head, choices=[], usage=full.usage)
+
+
+@router.post("/completions", response_model=CompletionResponse, responses=_STREAMED)
+async def completions(body: CompletionRequest, request: Request) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise BadRequestError("send one prompt per request", param="prompt")
     result = await run_generate(request, _to_generate(body, prompt=prompts[0], raw=True), "cmpl")
-    return {
-        "id": result.id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": result.model,
-        "choices": [
-            {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-            for i, c in enumerate(_ranked(result, body.n))
+    full = _completion(result, body.n)
+    if body.stream:
+        include = body.stream_options is not None and body.stream_options.include_usage
+        return _sse(_completion_events(full, include))
+    return full
+
+
+def _chat_events(full: ChatCompletionResponse, usage: bool) -> Iterator[BaseModel]:
+    """OpenAI's order: the role, the content, then the finish reason; usage last if asked."""
+    head = {"id": full.id, "created": full.created, "model": full.model}
+    for c in full.choices:
+        yield ChatCompletionChunk(
+            **head,
+            choices=[ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))],
+        )
+        yield ChatCompletionChunk(
+            **head,
+            choices=[ChatChunkChoice(index=c.index, delta=ChatDelta(content=c.message.content))],
+        )
+    yield ChatCompletionChunk(
+        **head,
+        choices=[
+            ChatChunkChoice(index=c.index, delta=ChatDelta(), finish_reason=c.finish_reason)
+            for c in full.choices
         ],
-        "usage": result.usage.model_dump(),
-        "laser": _laser(result),
-    }
+        laser=full.laser,
+    )
+    if usage:
+        yield ChatCompletionChunk(**head, choices=[], usage=full.usage)
 
 
-@router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> dict[str, Any]:
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     result = await run_generate(request, _to_generate(body, messages=body.messages), "chatcmpl")
-    return {
-        "id": result.id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": result.model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason,
-                "logprobs": None,
-            }
+    full = ChatCompletionResponse(
+        id=result.id,
+        created=int(time.time()),
+        model=result.model,
+        choices=[
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=c.text),
+                finish_reason=c.finish_reason,
+            )
             for i, c in enumerate(_ranked(result, body.n))
         ],
-        "usage": result.usage.model_dump(),
-        "laser": _laser(result),
-    }
+        usage=result.usage,
+        laser=_laser(result),
+    )
+    if body.stream:
+        include = body.stream_options is not None and body.stream_options.include_usage
+        return _sse(_chat_events(full, include))
+    return full
 
 
 @router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
+async def models(request: Request) -> ModelList:
     reranker: Reranker = request.app.state.reranker
     adapter = reranker.adapter
-    data: list[dict[str, Any]] = [
-        {
-            "id": reranker.engine.model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "laser-server",
-            "laser": {"live": adapter is None},
-        }
-    ]
+    data = [ModelCard(id=reranker.engine.model_name, laser=ModelCardExtras(live=adapter is None))]
     if adapter is not None:  # a trained LoRA adapter is serving (POST /v1/policy)
         data.append(
-            {
-                "id": adapter.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "laser-server",
-                "parent": reranker.engine.model_name,
-                "laser": {"live": True, "adapter_path": adapter.path},
-            }
+            ModelCard(
+                id=adapter.name,
+                parent=reranker.engine.model_name,
+                laser=ModelCardExtras(live=True, adapter_path=adapter.path),
+            )
         )
-    return {"object": "list", "data": data}
+    return ModelList(data=data)

@@ -54,6 +54,10 @@ log = logging.getLogger("laser.server")
 T = TypeVar("T")
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 class Reranker:
     """Owns the bandit; everything that touches it runs on the event loop (no locks)."""
 
@@ -66,6 +70,7 @@ class Reranker:
         store: Store,
         metrics: Metrics | None = None,
         build_rm: Callable[[RewardModelSpec], RewardModel] | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -73,11 +78,18 @@ class Reranker:
         models = dict(reward_models)
         self.build_rm = build_rm
         self.store = store
+        # RMs that could not be built (from the config or a stored row): kept out, disabled,
+        # shown in /health; the server starts without them.
+        self.unavailable: dict[str, str] = dict(unavailable or {})
         # RMs added or switched off through the admin API survive restarts.
         disabled: set[str] = set()
         for name, spec_json, enabled in store.reward_model_rows():
-            if name not in models and build_rm is not None:
-                models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json))
+            if name not in models and name not in self.unavailable and build_rm is not None:
+                try:
+                    models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json))
+                except Exception as exc:  # a stored row must never stop the server
+                    self.unavailable[name] = f"stored entry cannot be built: {_reason(exc)}"
+                    log.error("reward model %s disabled: %s", name, self.unavailable[name])
             if not enabled:
                 disabled.add(name)
         self.metrics = metrics or Metrics()
@@ -88,6 +100,7 @@ class Reranker:
         self.store_fault: str | None = None
         # The LoRA adapter serving uses (POST /v1/policy); None = the base model.
         self._adapter: Adapter | None = None
+        self.policy_fault: str | None = None  # a saved policy that could not be restored
         self.bandit_config = settings.bandit.linucb(featurizer.dim, featurizer.regions)
         self.bandit, self._feedback_seq = restore_bandit(store, self.bandit_config, self.rms.models)
         self._since_snapshot = 0
@@ -127,6 +140,9 @@ class Reranker:
     def faults(self) -> list[str]:
         """Current faults, one line each; empty when healthy (`/health` status `ok`)."""
         out = self.rms.faults()
+        out += [f"reward model {n}: unavailable: {why}" for n, why in self.unavailable.items()]
+        if self.policy_fault is not None:
+            out.append(f"policy: {self.policy_fault}")
         if self.engine_fault is not None:
             out.append(f"engine: {self.engine_fault}")
         if self.store_fault is not None:
@@ -163,9 +179,25 @@ class Reranker:
             )
         return n, max_tokens
 
-    async def _sample(self, prompt: str, sampling: Sampling) -> Generation:
+    def _policy(self, model: str | None) -> Adapter | None:
+        """The adapter a request's `model` names (None: the base model); no `model`: the live
+        policy. An unknown name is a 404, as with OpenAI."""
+        if model is None:
+            return self._adapter
+        if model == self.engine.model_name:
+            return None
+        if self._adapter is not None and model == self._adapter.name:
+            return self._adapter
+        served = [self.engine.model_name, *([self._adapter.name] if self._adapter else [])]
+        raise NotFoundError(
+            f"the model {model!r} does not exist here; served: {', '.join(served)}",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def _sample(self, prompt: str, sampling: Sampling, adapter: Adapter | None) -> Generation:
         try:
-            g = await self.engine.generate(prompt, sampling, self._adapter)
+            g = await self.engine.generate(prompt, sampling, adapter)
         except EngineError as exc:
             self.metrics.engine_errors.inc()
             self.engine_fault = f"{exc}"[:300]
@@ -175,12 +207,14 @@ class Reranker:
         self.engine_fault = None
         return g
 
-    def _choose(self, x: np.ndarray, forced: str | None) -> tuple[Selection | None, list[str]]:
-        """The bandit's selection (None when the request forces an RM) and the order in which
-        RMs are tried: the chosen one first, then the others by UCB (fallbacks)."""
-        if forced is not None:
-            return None, [forced, *[a for a in self.bandit.enabled_arms if a != forced]]
+    def _choose(self, x: np.ndarray, forced: str | None) -> tuple[Selection, list[str]]:
+        """The bandit's selection and the order in which RMs are tried: the chosen one (or
+        the one the request forces) first, then the others by UCB (fallbacks). The bandit is
+        asked even for a forced request: the log records how likely its policy was to pick
+        the forced RM."""
         sel = self._select(x)
+        if forced is not None:
+            return sel, [forced, *[a for a in self._ranked_arms(sel) if a != forced]]
         return sel, self._ranked_arms(sel)
 
     async def _timed(self, timings: dict[str, float], stage: str, call: Awaitable[T]) -> T:
@@ -195,6 +229,7 @@ class Reranker:
         """Fit the prompt, sample n candidates while the context is computed, let the bandit
         pick an RM, score with it (falling back on faults), log the decision durably, answer."""
         n, max_tokens = self._limits(req)
+        adapter = self._policy(req.model)
         # Ids the caller chose are checked before any work; our own uuid4 ids need no
         # round trip (the primary key still guards both).
         if check_id and await self._stored("read", self.store.get_decision(request_id)) is not None:
@@ -211,7 +246,7 @@ class Reranker:
         # before the candidates are.
         x, gen = await asyncio.gather(
             self._timed(timings, "featurize", featurize),
-            self._timed(timings, "generate", self._sample(prep.prompt, sampling)),
+            self._timed(timings, "generate", self._sample(prep.prompt, sampling, adapter)),
         )
         t = time.perf_counter()
         sel, order = self._choose(x, req.reward_model)
@@ -227,10 +262,13 @@ class Reranker:
                 code="reward_models_failed",
                 headers=self._retry_after(),
             ) from exc
-        how = "forced" if sel is None else "bandit"
+        how = "forced" if req.reward_model is not None else "bandit"
         if used != order[0]:
             how = "fallback"
-        propensity = sel.propensity if (sel is not None and how == "bandit") else 1.0
+        # The logged policy's probability of the RM that scored: the draw's own propensity
+        # for a bandit decision; for forced and fallback rows (marked by `how`, excluded by
+        # estimators) what the bandit would have given it (0 when it was not eligible).
+        propensity = sel.probabilities.get(used, 0.0)
         best = int(np.argmax(scores))
         self.rms.stats[used].selected += 1
         self.metrics.rm_selected.labels(used, how).inc()
@@ -246,7 +284,9 @@ class Reranker:
             context=x,
             scores=list(scores),
             chosen=best,
-            model=self.engine.model_name,
+            model=self.engine.model_name if adapter is None else adapter.name,
+            drawn_arm=None if req.reward_model is not None else sel.arm,
+            probabilities=sel.probabilities,
         )
         # A decision that cannot be written is not answered: 503, the caller retries.
         await self._timed(
@@ -282,7 +322,7 @@ class Reranker:
             index=d.chosen,
             propensity=d.propensity,
             selection=d.selection,
-            model=self.engine.model_name,
+            model=d.model,
             candidates=[
                 Candidate(text=c.text, score=sc, finish_reason=c.finish_reason, tokens=c.tokens)
                 for c, sc in zip(gen.completions, d.scores, strict=True)
@@ -355,16 +395,27 @@ class Reranker:
         self.bandit.add_arm(spec.name)
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
-        if name not in self.rms:
+        if name in self.unavailable and enabled:
+            raise ConflictError(
+                f"reward model {name!r} cannot be enabled: {self.unavailable[name]}",
+                param="name",
+                code="reward_model_unavailable",
+            )
+        if name not in self.rms and name not in self.unavailable:
             raise NotFoundError(f"no reward model {name!r}", param="name")
         if not enabled and self.bandit.enabled_arms == [name]:
             raise ConflictError("cannot disable the last enabled reward model", param="name")
-        spec = RewardModelSpec(name=name, kind=self.rms.models[name].kind)
-        rows = {n: sj for n, sj, _ in self.store.reward_model_rows()}
-        await self._stored(
-            "reward_model",
-            self.store.put_reward_model(name, rows.get(name, spec.model_dump_json()), enabled),
-        )
+        # The full spec is stored (options included), so the RM can be rebuilt from the row
+        # after it leaves the config file.
+        rows = {n: sj for n, sj, _ in await self._stored("read", self.store.reward_models())}
+        configured = {s.name: s.model_dump_json() for s in self.settings.reward_models}
+        spec_json = rows.get(name) or configured.get(name)
+        if spec_json is None:  # built by the embedder without a spec (tests, tools)
+            spec = {"name": name, "kind": self.rms.models[name].kind}
+            spec_json = RewardModelSpec.model_validate(spec).model_dump_json()
+        await self._stored("reward_model", self.store.put_reward_model(name, spec_json, enabled))
+        if name not in self.bandit.arms:
+            return
         if enabled:
             self.bandit.enable_arm(name)
         else:
@@ -426,16 +477,22 @@ class Reranker:
         self._since_snapshot = 0
 
     def arm_status(self, name: str) -> ArmStatus:
+        status = self.rms.status(name)
+        if name in self.unavailable:
+            status["last_error"] = self.unavailable[name]
+        known = name in self.bandit.arms
         return ArmStatus(
-            enabled=self.bandit.is_enabled(name),
-            updates=self.bandit.pulls[self.bandit.index(name)],
-            **self.rms.status(name),
+            enabled=known and self.bandit.is_enabled(name),
+            available=name not in self.unavailable,
+            updates=self.bandit.pulls[self.bandit.index(name)] if known else 0,
+            **status,
         )
 
     def summary(self) -> BanditSummary:
         c = self.bandit.config
+        names = [*self.bandit.arms, *(n for n in self.unavailable if n not in self.bandit.arms)]
         return BanditSummary(
-            arms={name: self.arm_status(name) for name in self.bandit.arms},
+            arms={name: self.arm_status(name) for name in names},
             config=BanditConfigInfo(
                 dim=c.dim,
                 alpha=c.alpha,

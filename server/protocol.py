@@ -34,6 +34,12 @@ class GenerateRequest(BaseModel):
 
     prompt: str | None = Field(None, description="the user's question or instruction")
     messages: list[ChatMessage] | None = Field(None, min_length=1)
+    model: str | None = Field(
+        None,
+        max_length=256,
+        description="the base model's name or a served adapter's (GET /v1/models); default "
+        "the live policy",
+    )
     document: str | None = Field(None, description="one document for long-context QA")
     documents: list[str] | None = Field(None, description="several documents (multi-doc QA)")
     document_policy: Literal["truncate", "reject"] | None = Field(
@@ -146,6 +152,9 @@ class ArmStatus(BaseModel):
     """One RM as the bandit and the RM pool see it (`/health`, `/admin/reward-models`)."""
 
     enabled: bool
+    available: bool = Field(
+        True, description="false: the RM could not be built at start-up (see last_error)"
+    )
     updates: int = Field(description="rewarded decisions the bandit learnt from")
     selected: int
     errors: int
@@ -204,3 +213,178 @@ class HealthResponse(BaseModel):
     reward_models: dict[str, ArmStatus]
     counts: StoreCounts | None
     admission: AdmissionStatus
+
+
+class TrainingJob(BaseModel):
+    """A training job (`/v1/training/jobs`): its state and progress."""
+
+    id: str
+    state: Literal["running", "cancelling", "succeeded", "failed", "cancelled"]
+    created: float
+    updated: float
+    pid: int | None
+    exit_code: int | None
+    attempts: int
+    error: str | None
+    selector: str
+    iteration: int
+    iterations: int
+    step: int
+    steps: int | None
+    last_loss: float | None
+    rm_counts: dict[str, int]
+    adapter: str | None = Field(description="the latest checkpoint's LoRA adapter folder")
+    log_tail: str
+
+
+class TrainingJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TrainingJob]
+
+
+class PolicyAdapter(BaseModel):
+    name: str
+    path: str
+
+
+class PolicyView(BaseModel):
+    """What generation serves (`/v1/policy`): the base model, or a LoRA adapter on it."""
+
+    model: str
+    adapter: PolicyAdapter | None
+    supports_adapters: bool
+
+
+# -- OpenAI-compatible wire models (`/v1/completions`, `/v1/chat/completions`, `/v1/models`) --
+class LaserExtras(BaseModel):
+    """Our additions to an OpenAI response, under its `laser` key."""
+
+    id: str = Field(description="the decision id, for POST /feedback")
+    reward_model: str
+    selection: Literal["bandit", "forced", "fallback"]
+    propensity: float
+    scores: list[float | None]
+    chosen_index: int
+    choice_indices: list[int] = Field(description="candidate indices, best score first")
+    timings_ms: dict[str, float]
+    document_truncated: bool
+    correct: bool | None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    laser: LaserExtras | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    laser: LaserExtras
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    laser: LaserExtras | None = None
+
+
+class ModelCardExtras(BaseModel):
+    live: bool = Field(description="what a request without `model` is served by")
+    adapter_path: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "laser-server"
+    parent: str | None = None
+    laser: ModelCardExtras
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- off-policy evaluation (`GET /admin/ope`) ---------------------------------------------------
+class Interval(BaseModel):
+    value: float
+    low: float = Field(description="95% bootstrap interval, low end")
+    high: float
+
+
+class PolicyEstimateOut(BaseModel):
+    policy: str
+    kind: Literal["static", "learner", "logged"]
+    n: int
+    ips: Interval
+    snips: Interval
+    dr: Interval
+    ess: float = Field(description="effective sample size of the importance weights")
+    max_weight: float
+    match: float = Field(description="mean probability the policy gives the logged RM")
+    unsupported: float | None = Field(
+        description="mean probability on RMs the logged policy could not choose"
+    )
+    status: Literal["ok", "weak", "partial", "unsupported"]
+    warnings: list[str]
+
+
+class OPEReport(BaseModel):
+    """What other RM-selection policies would have scored on the logged traffic."""
+
+    n: int = Field(description="decisions drawn by the bandit, with feedback")
+    excluded: dict[str, int] = Field(description="decisions left out, by reason")
+    arms: list[str]
+    logged_rm_counts: dict[str, int]
+    min_propensity: float
+    observed: Interval = Field(description="the logged policy's observed mean reward")
+    bootstrap: int
+    policies: list[PolicyEstimateOut]

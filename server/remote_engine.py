@@ -14,6 +14,7 @@ from laser.server.engine_api import (
     Generation,
     Sampling,
 )
+from laser.server.outbound import LOOPBACK, HostNotAllowedError, check_url, guarded_client
 
 
 class RemoteOpenAIEngine(EngineBase):
@@ -33,15 +34,19 @@ class RemoteOpenAIEngine(EngineBase):
         max_model_len: int = 2048,
         api_key: str | None = None,
         timeout: float = 300.0,
+        allowed_hosts: Sequence[str] = LOOPBACK,
     ) -> None:
         import httpx
         from transformers import AutoTokenizer
 
+        check_url(url, allowed_hosts)
         self.model_name = model
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+        self._http = guarded_client(
+            allowed_hosts, base_url=url.rstrip("/"), timeout=timeout, headers=headers
+        )
         self._httpx = httpx
 
     supports_adapters = False
@@ -51,6 +56,8 @@ class RemoteOpenAIEngine(EngineBase):
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             r = await self._http.post("/v1/completions", json={"model": self.model_name, **body})
+        except HostNotAllowedError as exc:  # a redirect off the allowed hosts
+            raise EngineError(f"remote engine: {exc}") from exc
         except self._httpx.HTTPError as exc:
             raise EngineError(f"remote engine unreachable: {type(exc).__name__}: {exc}") from exc
         if r.status_code != 200:
@@ -101,6 +108,9 @@ class RemoteOpenAIEngine(EngineBase):
             if vals and any(continuations[i]):
                 out[i] = sum(vals) / len(vals)
         return out
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     def shutdown(self) -> None:
         pass

@@ -108,6 +108,17 @@ class RMPool:
                 return name, scores
         raise AllRMsFailedError("every reward model failed")
 
+    async def aclose(self) -> None:
+        """Close what RMs opened (a remote RM's HTTP client); errors are logged, not raised."""
+        for name, rm in self.models.items():
+            close = getattr(rm, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("closing reward model %s: %s", name, exc)
+
     def faults(self) -> list[str]:
         out = []
         for name, breaker in self.breakers.items():

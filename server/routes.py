@@ -4,16 +4,18 @@ The OpenAI-compatible routes are in `openai_api.py`, training jobs in `training/
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from laser.server.auth import require_user
+from laser.server.auth import require_admin, require_user
 from laser.server.config import RewardModelSpec, Settings
-from laser.server.errors import BadRequestError, ForbiddenError
+from laser.server.errors import BadRequestError, ConflictError, ForbiddenError
 from laser.server.openai_api import run_generate
+from laser.server.outbound import HostNotAllowedError, check_url
 from laser.server.paths import PathOptionError, confine_options
 from laser.server.pipeline import Reranker
 from laser.server.protocol import (
@@ -26,15 +28,18 @@ from laser.server.protocol import (
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
+    OPEReport,
     PredictRequest,
     PredictResponse,
     SnapshotResponse,
     StoreCounts,
 )
+from laser.server.services import outbound_urls
 
 native_router = APIRouter()
 admin_router = APIRouter(prefix="/admin")
 user = [Depends(require_user)]
+keyed = [Depends(require_admin)]  # feedback and the bandit steer or reveal what it learnt
 
 
 def _reranker(request: Request) -> Reranker:
@@ -52,7 +57,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     return await run_generate(request, body, "gen")
 
 
-@native_router.post("/feedback", dependencies=user)
+@native_router.post("/feedback", dependencies=keyed)
 async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     return await _reranker(request).feedback(body.id, float(body.reward))
 
@@ -63,7 +68,7 @@ async def health(request: Request) -> HealthResponse:
     faults = reranker.faults()
     counts: StoreCounts | None
     try:
-        counts = StoreCounts(**reranker.store.counts())
+        counts = StoreCounts(**await reranker.store.counts())
     except sqlite3.Error as exc:
         counts, faults = None, [*faults, f"store: {exc}"]
     return HealthResponse(
@@ -80,15 +85,17 @@ async def health(request: Request) -> HealthResponse:
     )
 
 
-@native_router.get("/bandit")
+@native_router.get("/bandit", dependencies=keyed)
 async def bandit(request: Request) -> BanditSummary:
     return _reranker(request).summary()
 
 
-@native_router.post("/bandit/predict")
+@native_router.post("/bandit/predict", dependencies=keyed)
 async def bandit_predict(body: PredictRequest, request: Request) -> PredictResponse:
-    """What the bandit expects of each RM for this query, without choosing or logging."""
-    return await _reranker(request).predict(body.prompt, body.document is not None, body.task)
+    """What the bandit expects of each RM for this query, without choosing or logging. The
+    featurizer's work is admitted like a generation's (it may run the sentence encoder)."""
+    async with request.app.state.admission.slot():
+        return await _reranker(request).predict(body.prompt, body.document is not None, body.task)
 
 
 @native_router.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
@@ -96,6 +103,17 @@ async def metrics(request: Request) -> Response:
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
+
+
+def check_outbound(spec: RewardModelSpec, hosts: list[str], param: str = "options.url") -> None:
+    """A 403 when `spec` would send requests to a host outside `outbound_hosts`."""
+    for url in outbound_urls(spec):
+        try:
+            check_url(url, hosts)
+        except HostNotAllowedError as exc:
+            raise ForbiddenError(str(exc), param=param, code="host_not_allowed") from None
+        except ValueError as exc:
+            raise BadRequestError(str(exc), param=param) from None
 
 
 # -- admin (API key) --------------------------------------------------------------------------
@@ -113,6 +131,7 @@ async def admin_add_rm(spec: RewardModelSpec, request: Request) -> ArmStatus:
         error = BadRequestError if exc.allowed else ForbiddenError
         raise error(str(exc), param=f"options.{exc.option}", code="path_not_allowed") from None
     spec = spec.model_copy(update={"options": options})
+    check_outbound(spec, settings.outbound_hosts)
     reranker = _reranker(request)
     await reranker.add_reward_model(spec)
     return reranker.arm_status(spec.name)
@@ -137,3 +156,28 @@ async def admin_snapshot(request: Request) -> SnapshotResponse:
     reranker = _reranker(request)
     await reranker.snapshot()
     return SnapshotResponse(snapshot=True, feedback_seq=reranker.summary().feedback_seq)
+
+
+@admin_router.get("/ope")
+async def admin_ope(request: Request, alpha: str = "0.1,2", bootstrap: int = 500) -> OPEReport:
+    """Off-policy estimates of other RM-selection policies on this server's log (what
+    `laser-server ope --data-dir` prints), computed off the event loop."""
+    from laser.server.ope import LogError, default_policies, evaluate, read_log
+
+    if not 100 <= bootstrap <= 5000:
+        raise BadRequestError("bootstrap must be in [100, 5000]", param="bootstrap")
+    try:
+        alphas = [float(a) for a in alpha.split(",") if a.strip()]
+    except ValueError:
+        raise BadRequestError("alpha: comma-separated numbers", param="alpha") from None
+    settings: Settings = request.app.state.settings
+
+    def run() -> OPEReport:
+        log = read_log(settings.store_path)
+        report = evaluate(log, default_policies(log, settings.bandit, alphas), n_boot=bootstrap)
+        return OPEReport.model_validate(report)
+
+    try:
+        return await asyncio.to_thread(run)
+    except LogError as exc:
+        raise ConflictError(str(exc), code="no_logged_feedback") from None

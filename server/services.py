@@ -17,6 +17,7 @@ from laser.server.config import EngineSettings, RewardModelSpec, Settings
 from laser.server.engine_api import Engine
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.model_rms import HFRewardModel, RemoteRM, VLLMPoolingRM
+from laser.server.outbound import LOOPBACK
 from laser.server.rewards import (
     AgreementRM,
     ArithmeticVerifierRM,
@@ -42,10 +43,21 @@ def encoder_path(settings: Settings) -> str:
     return settings.featurizer.model or str(assets.minilm_path())
 
 
+def outbound_urls(spec: RewardModelSpec) -> list[str]:
+    """The URLs an RM built from `spec` would call (checked against `outbound_hosts`)."""
+    url = spec.options.get("url")
+    return [str(url)] if spec.kind == "remote" and url is not None else []
+
+
 def build_reward_model(
-    spec: RewardModelSpec, *, engine: Engine, encoder: SentenceEncoder
+    spec: RewardModelSpec,
+    *,
+    engine: Engine,
+    encoder: SentenceEncoder,
+    allowed_hosts: Sequence[str] = LOOPBACK,
 ) -> RewardModel:
-    """Instantiate the RM a config entry describes."""
+    """Instantiate the RM a config entry describes. A `remote` RM may only call
+    `allowed_hosts` (`HostNotAllowedError` otherwise)."""
     opts = dict(spec.options)
     if spec.kind == "loglik":
         return LogLikelihoodRM(spec.name, engine)
@@ -62,7 +74,7 @@ def build_reward_model(
     if spec.kind == "remote":
         if "url" not in opts:
             raise ValueError("a `remote` reward model needs options.url")
-        return RemoteRM(spec.name, **opts)
+        return RemoteRM(spec.name, **opts, allowed_hosts=allowed_hosts)
     if spec.kind == "vllm_pooling":
         if "path" not in opts:
             raise ValueError("a `vllm_pooling` reward model needs options.path")
@@ -81,16 +93,24 @@ class Services:
 
     engine: Engine
     encoder: SentenceEncoder
+    outbound_hosts: Sequence[str] = tuple(LOOPBACK)
 
     def featurizer(self, settings: Settings) -> Featurizer:
         return Featurizer.from_settings(self.encoder, settings.featurizer)
 
     def reward_model(self, spec: RewardModelSpec) -> RewardModel:
-        rm: RewardModel = build_reward_model(spec, engine=self.engine, encoder=self.encoder)
+        rm: RewardModel = build_reward_model(
+            spec, engine=self.engine, encoder=self.encoder, allowed_hosts=self.outbound_hosts
+        )
         return rm
 
     def reward_models(self, specs: Sequence[RewardModelSpec]) -> dict[str, RewardModel]:
         return {spec.name: self.reward_model(spec) for spec in specs}
+
+    async def aclose(self) -> None:
+        """Close the engine's HTTP clients (on the loop that used them), then stop it."""
+        await self.engine.aclose()
+        self.engine.shutdown()
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -134,9 +154,10 @@ def load_services(settings: Settings) -> Services:
             tokenizer=e.tokenizer or model_path,
             max_model_len=e.max_model_len,
             api_key=e.api_key,
+            allowed_hosts=settings.outbound_hosts,
         )
-        return Services(engine=engine, encoder=SentenceEncoder(enc_path))
+        return Services(engine, SentenceEncoder(enc_path), settings.outbound_hosts)
     log.info("starting engine: vLLM, model %s (%s)", name, model_path)
     engine = vllm_engine(e, model_path, name)
     log.info("loading sentence encoder %s", enc_path)
-    return Services(engine=engine, encoder=SentenceEncoder(enc_path))
+    return Services(engine, SentenceEncoder(enc_path), settings.outbound_hosts)

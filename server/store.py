@@ -10,8 +10,13 @@ still returns only once its own decision is committed, so "acknowledged means du
 holds; a lone request pays exactly one commit, as before.
 
 Tables:
-- `decisions`: id, created, prompt, task, has_document, arm, propensity, selection kind,
-  context (float64 bytes), scores (JSON list), chosen index, model
+- `decisions`: id, created, prompt, task, has_document, arm (the RM that scored), propensity,
+  selection (`bandit`: drawn from the bandit's policy; `forced`: the request named the RM;
+  `fallback`: the drawn RM failed and the next one scored), context (float64 bytes), scores
+  (JSON list), chosen index, model, drawn_arm (the bandit's draw; null when forced),
+  probabilities (JSON: the bandit's policy over the eligible RMs for this context).
+  `propensity` is always that policy's probability of `arm`, also for forced and fallback
+  rows, which estimators exclude by `selection`.
 - `feedback`: seq (monotonic), decision id (unique: first feedback stands), reward, created
 - `snapshots`: seq, created, last feedback seq folded in, bandit state (laser.bandit bytes)
 """
@@ -44,7 +49,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     context BLOB NOT NULL,
     scores TEXT NOT NULL,
     chosen INTEGER NOT NULL,
-    model TEXT NOT NULL
+    model TEXT NOT NULL,
+    drawn_arm TEXT,
+    probabilities TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,6 +96,36 @@ class Decision:
     scores: list[float | None]
     chosen: int
     model: str
+    drawn_arm: str | None = None
+    probabilities: dict[str, float] | None = None
+
+
+DECISION_COLUMNS = (
+    "id, created, prompt, task, has_document, arm, propensity, selection, context, scores, "
+    "chosen, model, drawn_arm, probabilities"
+)
+# Columns added after the first release: (name, type), added to older files on open.
+_ADDED_COLUMNS = (("drawn_arm", "TEXT"), ("probabilities", "TEXT"))
+
+
+def decision_from_row(row: Any) -> Decision:
+    """A `decisions` row (all `DECISION_COLUMNS`, in order) as a `Decision`."""
+    return Decision(
+        id=row[0],
+        created=row[1],
+        prompt=row[2],
+        task=row[3],
+        has_document=bool(row[4]),
+        arm=row[5],
+        propensity=row[6],
+        selection=row[7],
+        context=np.frombuffer(row[8], dtype=np.float64),
+        scores=json.loads(row[9]),
+        chosen=row[10],
+        model=row[11],
+        drawn_arm=row[12],
+        probabilities=None if row[13] is None else json.loads(row[13]),
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +158,10 @@ class Store:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(decisions)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:  # a file written by an older version
+                conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
         self._conn = conn
 
     @property
@@ -143,7 +184,7 @@ class Store:
     # -- decisions --------------------------------------------------------------------------
     def _insert_decision(self, d: Decision) -> None:
         self.conn.execute(
-            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({', '.join('?' * 14)})",
             (
                 d.id,
                 d.created,
@@ -157,6 +198,8 @@ class Store:
                 json.dumps(d.scores),
                 d.chosen,
                 d.model,
+                d.drawn_arm,
+                None if d.probabilities is None else json.dumps(d.probabilities),
             ),
         )
 
@@ -236,23 +279,10 @@ class Store:
         job.add_done_callback(done)
 
     def _get_decision(self, decision_id: str) -> Decision | None:
-        row = self.conn.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
-        if row is None:
-            return None
-        return Decision(
-            id=row[0],
-            created=row[1],
-            prompt=row[2],
-            task=row[3],
-            has_document=bool(row[4]),
-            arm=row[5],
-            propensity=row[6],
-            selection=row[7],
-            context=np.frombuffer(row[8], dtype=np.float64),
-            scores=json.loads(row[9]),
-            chosen=row[10],
-            model=row[11],
-        )
+        row = self.conn.execute(
+            f"SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?", (decision_id,)
+        ).fetchone()
+        return None if row is None else decision_from_row(row)
 
     async def get_decision(self, decision_id: str) -> Decision | None:
         result: Decision | None = await self._run(self._get_decision, decision_id)
@@ -342,21 +372,30 @@ class Store:
         """Record an RM added or switched on/off at run time (JSON spec)."""
         await self._run(self._put_rm, name, spec, enabled)
 
-    def reward_model_rows(self) -> list[tuple[str, str, bool]]:
-        rows = self.run_sync(
-            lambda: self.conn.execute(
-                "SELECT name, spec, enabled FROM reward_models ORDER BY updated"
-            ).fetchall()
-        )
+    def _rm_rows(self) -> list[tuple[str, str, bool]]:
+        rows = self.conn.execute(
+            "SELECT name, spec, enabled FROM reward_models ORDER BY updated"
+        ).fetchall()
         return [(r[0], r[1], bool(r[2])) for r in rows]
 
-    def counts(self) -> dict[str, int]:
-        def q() -> dict[str, int]:
-            c = self.conn
-            return {
-                "decisions": c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0],
-                "feedback": c.execute("SELECT COUNT(*) FROM feedback").fetchone()[0],
-            }
+    def reward_model_rows(self) -> list[tuple[str, str, bool]]:
+        """(name, spec JSON, enabled) of RMs changed at run time; blocking (start-up only)."""
+        result: list[tuple[str, str, bool]] = self.run_sync(self._rm_rows)
+        return result
 
-        result: dict[str, int] = self.run_sync(q)
+    async def reward_models(self) -> list[tuple[str, str, bool]]:
+        """`reward_model_rows`, off the event loop."""
+        result: list[tuple[str, str, bool]] = await self._run(self._rm_rows)
+        return result
+
+    def _counts(self) -> dict[str, int]:
+        c = self.conn
+        return {
+            "decisions": c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0],
+            "feedback": c.execute("SELECT COUNT(*) FROM feedback").fetchone()[0],
+        }
+
+    async def counts(self) -> dict[str, int]:
+        """How many decisions and feedbacks are logged (off the event loop)."""
+        result: dict[str, int] = await self._run(self._counts)
         return result

@@ -9,6 +9,7 @@ SQLite) on the same loop and the same loaded engine.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -26,6 +27,16 @@ MODEL_CACHE = ROOT / ".cache" / "models"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def reply_json(handler: Any, obj: Any, status: int = 200) -> None:
+    """Answer an `http.server` request with `obj` as JSON (the test RMs' replies)."""
+    out = json.dumps(obj).encode()  # NaN is written as the JSON token NaN
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(out)))
+    handler.end_headers()
+    handler.wfile.write(out)
 
 
 def free_port() -> int:

@@ -57,6 +57,11 @@ def test_config_parses_and_every_key_is_a_setting() -> None:
     settings = load_settings(CONFIG)
     raw = tomllib.loads(CONFIG.read_text())
     assert settings.host == "0.0.0.0"  # reachable from outside the container
+    # ... so it refuses to serve without the API key compose passes in from the environment.
+    assert settings.exposure_problem() is not None
+    env = compose()["services"]["laser"]["environment"]
+    assert env["LASER_API_KEY"].startswith("${LASER_API_KEY:?")
+    assert load_settings(CONFIG, api_key="k").exposure_problem() is None
     assert str(settings.data_dir) == "/var/lib/laser"
     assert [rm.name for rm in settings.reward_models] == [rm["name"] for rm in raw["reward_models"]]
     for section in ("engine", "featurizer", "bandit"):

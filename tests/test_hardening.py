@@ -31,7 +31,7 @@ import pytest
 
 from laser.server.config import default_reward_models
 from laser.server.engine import EngineError
-from tests.conftest import ROOT, LiveServer, LoopThread, make_settings
+from tests.conftest import ROOT, LiveServer, LoopThread, make_settings, reply_json
 from tests.test_serving import assert_error
 
 DEFAULT_RMS = {spec.name for spec in default_reward_models()}
@@ -299,12 +299,7 @@ class FaultyRMHandler(BaseHTTPRequestHandler):
             return
         value = float("nan") if self.mode == "nan" else None
         scores = [value if value is not None else float(len(r)) for r in body["responses"]]
-        out = json.dumps({"scores": scores}).encode()  # NaN is written as the JSON token NaN
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_json(self, {"scores": scores})
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, reply_json
 
 
 class LengthRMHandler(BaseHTTPRequestHandler):
@@ -29,12 +29,7 @@ class LengthRMHandler(BaseHTTPRequestHandler):
             self.send_response(503)
             self.end_headers()
             return
-        out = json.dumps({"scores": [float(len(r)) for r in body["responses"]]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_json(self, {"scores": [float(len(r)) for r in body["responses"]]})
 
     def log_message(self, *args: Any) -> None:
         pass

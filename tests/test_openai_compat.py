@@ -8,6 +8,8 @@ import httpx
 import openai
 import pytest
 
+MODEL = "SmolLM2-135M-Instruct"
+
 
 def sdk(server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
@@ -53,16 +55,54 @@ def test_chat_completions_and_feedback_by_laser_id(server: Any) -> None:
     assert fb.status_code == 200
 
 
-def test_stream_is_refused_with_a_clear_400(server: Any) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        sdk(server).chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
-    assert "stream" in str(info.value)
+def test_chat_stream_with_the_sdk(server: Any) -> None:
+    stream = sdk(server).chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": "Say hi."}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert text and finish in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+    laser = [c.model_extra["laser"] for c in chunks if (c.model_extra or {}).get("laser")]
+    assert len(laser) == 1 and laser[0]["id"] == chunks[0].id  # feedback still works
+
+
+def test_completion_stream_with_n_choices(server: Any) -> None:
+    stream = sdk(server).completions.create(
+        model="SmolLM2-135M-Instruct", prompt="1, 2, 3,", n=2, max_tokens=4, stream=True
+    )
+    texts: dict[int, str] = {0: "", 1: ""}
+    finished = set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1} and all(texts.values())
+
+
+def test_model_names_choose_the_policy_and_unknown_is_404(server: Any) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk(server).completions.create(model="gpt-4o", prompt="x", max_tokens=2)
+    assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+    # No model: the live policy (the base model here), named in the answer.
+    r = httpx.post(
+        server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=120
+    )
+    assert r.status_code == 200 and r.json()["model"] == "SmolLM2-135M-Instruct"
 
 
 def test_sdk_sees_validation_errors(server: Any) -> None:
     with pytest.raises(openai.BadRequestError):
-        sdk(server).completions.create(model="m", prompt="x", n=3, best_of=2)
+        sdk(server).completions.create(model=MODEL, prompt="x", n=3, best_of=2)
     with pytest.raises(openai.UnprocessableEntityError):
-        sdk(server).completions.create(model="m", prompt="x", temperature=9)
+        sdk(server).completions.create(model=MODEL, prompt="x", temperature=9)

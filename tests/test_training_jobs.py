@@ -148,19 +148,20 @@ def test_job_killed_with_its_server_is_resumed_on_restart(
     )
     items: list[PromptItem] = arithmetic_items(4, seed=2)
     job = jobs.submit(cfg, items=items)
-    os.kill(job["pid"], signal.SIGKILL)  # the job dies with the server
-    jobs._procs[job["id"]].wait()
+    assert job.pid is not None
+    os.kill(job.pid, signal.SIGKILL)  # the job dies with the server
+    jobs._procs[job.id].wait()
     jobs.close()
 
     restarted = JobManager(tmp_path, MODEL_CACHE)  # what a new server process does
-    assert restarted.recover() == [job["id"]]
+    assert restarted.recover() == [job.id]
     deadline = time.monotonic() + 240
-    state = restarted.get(job["id"])
-    while state["state"] == "running" and time.monotonic() < deadline:
+    state = restarted.get(job.id)
+    while state.state == "running" and time.monotonic() < deadline:
         time.sleep(1.0)
-        state = restarted.get(job["id"])
-    assert state["state"] == "succeeded", state["log_tail"]
-    assert state["attempts"] == 2 and state["iteration"] == 2
+        state = restarted.get(job.id)
+    assert state.state == "succeeded", state.log_tail
+    assert state.attempts == 2 and state.iteration == 2
     restarted.close()
 
 

@@ -136,7 +136,9 @@ async def collect(
 
     stats: dict[str, Any] = {"engine_generate_calls": 0, "rm_score_calls": 0}
     if reward_models is None:
-        reward_models = Services(engine, encoder).reward_models(settings.reward_models)
+        reward_models = Services(engine, encoder, settings.outbound_hosts).reward_models(
+            settings.reward_models
+        )
     # What identifies an RM in the score cache: its config entry when it has one.
     specs: dict[str, RewardModelSpec] = {s.name: s for s in settings.reward_models}
     # An RM's `version` (when it has one) changes whenever its scoring changes, so cached

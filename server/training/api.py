@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -19,9 +20,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from laser.server.config import RewardModelSpec
 from laser.server.engine import Adapter, EngineError
 from laser.server.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from laser.server.paths import PathNotAllowedError, PathOptionError, confine, confine_options
+from laser.server.protocol import PolicyAdapter, PolicyView, TrainingJob, TrainingJobList
 from laser.server.training.config import TrainConfig
 from laser.server.training.jobs import JobConflictError, JobManager, UnknownJobError
 
@@ -77,8 +80,9 @@ async def _seed_items(request: Request, limit: int = 10_000) -> tuple[list[Any],
 
 
 @router.post("/training/jobs", status_code=201)
-async def submit_job(body: TrainingJobRequest, request: Request) -> dict[str, Any]:
+async def submit_job(body: TrainingJobRequest, request: Request) -> TrainingJob:
     from laser.server.data import DataError, parse_item
+    from laser.server.routes import check_outbound
 
     settings = request.app.state.settings
     roots = settings.api_path_roots
@@ -92,6 +96,12 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> dict[str, An
         except PathOptionError as exc:
             err = BadRequestError if exc.allowed else ForbiddenError
             raise err(str(exc), param=f"reward_models.{i}.options.{exc.option}") from None
+        check_outbound(
+            RewardModelSpec.model_validate(rm),
+            settings.outbound_hosts,
+            param=f"reward_models.{i}.options.url",
+        )
+    fields["outbound_hosts"] = settings.outbound_hosts  # the job calls what the server may
     # Contexts must match the server's, so a bandit seeded from it means the same thing;
     # the bandit runs as the server's (alpha, epsilon, warm-up) unless the job sets it.
     fields["featurizer"] = settings.featurizer.model_dump()
@@ -117,41 +127,45 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> dict[str, An
         raise BadRequestError("give prompts (a file), items, or seed_from_server", param="prompts")
     fields["output_dir"] = "unused"  # the job manager puts it under the data dir
     cfg = TrainConfig.model_validate(fields)
+    jobs = _jobs(request)
     try:
-        return _jobs(request).submit(cfg, items=items, initial_bandit=bandit)
+        return await jobs.call(jobs.submit, cfg, items=items, initial_bandit=bandit)
     except JobConflictError as exc:
         raise ConflictError(str(exc), code="job_running") from None
 
 
 @router.get("/training/jobs")
-async def list_jobs(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": _jobs(request).list()}
+async def list_jobs(request: Request) -> TrainingJobList:
+    jobs = _jobs(request)
+    return TrainingJobList(data=await jobs.call(jobs.list))
 
 
 @router.get("/training/jobs/{job_id}")
-async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+async def get_job(job_id: str, request: Request) -> TrainingJob:
+    jobs = _jobs(request)
     try:
-        return _jobs(request).get(job_id)
+        return await jobs.call(jobs.get, job_id)
     except UnknownJobError:
         raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
 
 
 @router.delete("/training/jobs/{job_id}")
-async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+async def cancel_job(job_id: str, request: Request) -> TrainingJob:
+    jobs = _jobs(request)
     try:
-        return _jobs(request).cancel(job_id)
+        return await jobs.call(jobs.cancel, job_id)
     except UnknownJobError:
         raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
 
 
-def policy_view(request: Request) -> dict[str, Any]:
+def policy_view(request: Request) -> PolicyView:
     reranker = request.app.state.reranker
     adapter: Adapter | None = reranker.adapter
-    return {
-        "model": reranker.engine.model_name,
-        "adapter": None if adapter is None else {"name": adapter.name, "path": adapter.path},
-        "supports_adapters": bool(getattr(reranker.engine, "supports_adapters", False)),
-    }
+    return PolicyView(
+        model=reranker.engine.model_name,
+        adapter=None if adapter is None else PolicyAdapter(name=adapter.name, path=adapter.path),
+        supports_adapters=bool(getattr(reranker.engine, "supports_adapters", False)),
+    )
 
 
 def _policy_file(request: Request) -> Path:
@@ -159,18 +173,18 @@ def _policy_file(request: Request) -> Path:
 
 
 @router.get("/policy")
-async def get_policy(request: Request) -> dict[str, Any]:
+async def get_policy(request: Request) -> PolicyView:
     return policy_view(request)
 
 
 @router.post("/policy")
-async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
+async def set_policy(body: PolicyRequest, request: Request) -> PolicyView:
     reranker = request.app.state.reranker
     if sum([body.job_id is not None, body.path is not None, body.base]) != 1:
         raise BadRequestError("give exactly one of job_id, path or base=true", param="job_id")
     if body.base:
+        await asyncio.to_thread(_policy_file(request).unlink, missing_ok=True)
         reranker.use_adapter(None)
-        _policy_file(request).unlink(missing_ok=True)
         log.info("serving the base model")
         return policy_view(request)
     if not getattr(reranker.engine, "supports_adapters", False):
@@ -179,8 +193,9 @@ async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
             code="adapters_not_supported",
         )
     if body.job_id is not None:
+        jobs = _jobs(request)
         try:
-            path = _jobs(request).adapter_path(body.job_id) or ""
+            path = await jobs.call(jobs.adapter_path, body.job_id) or ""
         except (UnknownJobError, FileNotFoundError) as exc:
             raise NotFoundError(
                 f"no adapter for job {body.job_id!r}: {exc}", param="job_id"
@@ -190,7 +205,7 @@ async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
         assert body.path is not None
         path = _confined(body.path, "path", request.app.state.settings.api_path_roots)
         name = body.name or Path(path).name
-    if not (Path(path) / "adapter_config.json").is_file():
+    if not await asyncio.to_thread((Path(path) / "adapter_config.json").is_file):
         raise BadRequestError(f"{path} holds no LoRA adapter (adapter_config.json)", param="path")
     adapter = Adapter(name, path, next(_adapter_ids))
     try:  # loaded and tried now: a wrong adapter is the caller's error here, not a later 503
@@ -199,10 +214,17 @@ async def set_policy(body: PolicyRequest, request: Request) -> dict[str, Any]:
         raise BadRequestError(
             f"the adapter does not load into {reranker.engine.model_name}: {exc}", param="path"
         ) from None
+    # Written before it takes effect: the choice survives a restart once acknowledged.
+    await asyncio.to_thread(_save_policy, _policy_file(request), name, path)
     reranker.use_adapter(adapter)
-    _policy_file(request).write_text(json.dumps({"name": name, "path": path}), encoding="utf-8")
     log.info("serving adapter %s (%s)", name, path)
     return policy_view(request)
+
+
+def _save_policy(path: Path, name: str, adapter_path: str) -> None:
+    from laser.server.runtime import write_atomic_text
+
+    write_atomic_text(path, json.dumps({"name": name, "path": adapter_path}))
 
 
 def restore_policy(state: Any) -> None:
@@ -219,4 +241,9 @@ def restore_policy(state: Any) -> None:
         state.reranker.use_adapter(Adapter(saved["name"], saved["path"], next(_adapter_ids)))
         log.info("serving adapter %s again (chosen before the restart)", saved["name"])
     except (OSError, ValueError, KeyError) as exc:
-        log.warning("saved policy not restored (%s): serving the base model", exc)
+        fault = (
+            f"the saved policy was not restored ({type(exc).__name__}: {exc}); "
+            "serving the base model"
+        )
+        state.reranker.policy_fault = fault
+        log.warning(fault)

@@ -37,6 +37,7 @@ from laser.server.config import (
     RewardModelSpec,
     default_reward_models,
 )
+from laser.server.outbound import LOOPBACK
 
 # Flat keys of earlier TrainConfigs -> (section, key) of the embedded server settings.
 _LEGACY_KEYS = {
@@ -101,6 +102,11 @@ class TrainConfig(BaseModel):
         default_factory=FeaturizerSettings,
         description="the bandit's context, as the server computes it (kind of query by "
         "default); its one-hot kinds are the warm start's regions",
+    )
+    outbound_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK),
+        description="hosts `remote` RMs may call, as the server's `outbound_hosts` (jobs "
+        "submitted to a server run with the server's)",
     )
     n: int = Field(8, ge=2, description="responses sampled per prompt (paper: 30)")
     pairs_per_prompt: int = Field(3, ge=1, description="top-1 vs ranks 2..k+1 (paper: 10)")

@@ -13,6 +13,7 @@ States: running -> succeeded | failed | cancelled (cancelling while it winds dow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -22,14 +23,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from laser.bandit import LinUCB, save_state
 from laser.server.data import PromptItem, write_prompts
+from laser.server.protocol import TrainingJob
 from laser.server.training.config import TrainConfig
 
 log = logging.getLogger("laser.server.training")
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -80,11 +86,21 @@ class JobManager:
         self.root = data_dir / "training"
         self.root.mkdir(parents=True, exist_ok=True)
         self.cache_dir = cache_dir
-        self.conn = sqlite3.connect(self.root / "jobs.db", isolation_level=None)
+        # One worker thread does all of a manager's SQLite, file and process work: callers on
+        # the event loop go through `call`, so nothing here blocks the loop.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laser-jobs")
+        self.conn = sqlite3.connect(
+            self.root / "jobs.db", isolation_level=None, check_same_thread=False
+        )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(_SCHEMA)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` (a method of this manager) on its worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -96,7 +112,7 @@ class JobManager:
         *,
         items: list[PromptItem] | None = None,
         initial_bandit: LinUCB | None = None,
-    ) -> dict[str, Any]:
+    ) -> TrainingJob:
         """Start a job now (409-style `JobConflictError` while another runs)."""
         self.refresh()
         running = self.conn.execute(
@@ -210,12 +226,12 @@ class JobManager:
             (state, error, time.time(), job_id),
         )
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> TrainingJob:
         job = self.get(job_id)
-        if job["state"] in FINAL:
+        if job.state in FINAL:
             return job
-        pid = job["pid"]
-        if _alive(pid, job_id):
+        pid = job.pid
+        if pid is not None and _alive(pid, job_id):
             os.kill(pid, signal.SIGTERM)
             self.conn.execute(
                 "UPDATE jobs SET state = 'cancelling', updated = ? WHERE id = ?",
@@ -235,7 +251,7 @@ class JobManager:
             text = f.read().decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def get(self, job_id: str) -> dict[str, Any]:
+    def get(self, job_id: str) -> TrainingJob:
         self.refresh()
         row = self.conn.execute(
             "SELECT id, created, updated, state, pid, exit_code, attempts, error, config "
@@ -253,25 +269,25 @@ class JobManager:
             return self.get(job_id)
         cfg = json.loads(row[8])
         status = self._status(job_id)
-        return {
-            "id": row[0],
-            "state": row[3],
-            "created": row[1],
-            "updated": row[2],
-            "pid": row[4],
-            "exit_code": row[5],
-            "attempts": row[6],
-            "error": row[7],
-            "selector": cfg["selector"],
-            "iteration": status.get("iteration", 0),
-            "iterations": cfg["iterations"],
-            "step": status.get("step", 0),
-            "steps": status.get("steps"),
-            "last_loss": status.get("last_loss"),
-            "rm_counts": status.get("rm_counts", {}),
-            "adapter": self.adapter_path(job_id, must_exist=False),
-            "log_tail": self._log_tail(job_id),
-        }
+        return TrainingJob(
+            id=row[0],
+            state=row[3],
+            created=row[1],
+            updated=row[2],
+            pid=row[4],
+            exit_code=row[5],
+            attempts=row[6],
+            error=row[7],
+            selector=cfg["selector"],
+            iteration=status.get("iteration", 0),
+            iterations=cfg["iterations"],
+            step=status.get("step", 0),
+            steps=status.get("steps"),
+            last_loss=status.get("last_loss"),
+            rm_counts=status.get("rm_counts", {}),
+            adapter=self.adapter_path(job_id, must_exist=False),
+            log_tail=self._log_tail(job_id),
+        )
 
     def _status(self, job_id: str) -> dict[str, Any]:
         path = self.job_dir(job_id) / "run" / "status.json"
@@ -281,7 +297,7 @@ class JobManager:
         except (OSError, ValueError):
             return {}
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[TrainingJob]:
         ids = [r[0] for r in self.conn.execute("SELECT id FROM jobs ORDER BY created DESC")]
         return [self.get(i) for i in ids]
 
@@ -297,4 +313,5 @@ class JobManager:
         return str(ckpt / "adapter")
 
     def close(self) -> None:
-        self.conn.close()
+        self._pool.submit(self.conn.close).result()
+        self._pool.shutdown(wait=True)

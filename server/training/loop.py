@@ -56,11 +56,11 @@ from laser.server.data import DataError, PromptItem, load_prompts
 from laser.server.engine import Adapter, Sampling
 from laser.server.prompts import format_documents
 from laser.server.rewards import Query, normalized_mean
+from laser.server.runtime import write_atomic_text
 from laser.server.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    write_atomic_text,
 )
 from laser.server.training.config import TrainConfig
 from laser.server.training.reward import BanditReward
@@ -246,7 +246,9 @@ class Trainer:
         # The server's featurizer, from the same settings: a seeded bandit means the same.
         self.featurizer = Featurizer.from_settings(self.encoder, cfg.featurizer)
         self.rms = {
-            spec.name: build_reward_model(spec, engine=self.engine, encoder=self.encoder)
+            spec.name: build_reward_model(
+                spec, engine=self.engine, encoder=self.encoder, allowed_hosts=cfg.outbound_hosts
+            )
             for spec in cfg.reward_models
         }
         self.selector = make_selector(
