@@ -16,12 +16,14 @@
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from laser.server import answers
 
@@ -171,9 +173,17 @@ def passages(documents: Sequence[str], sentences: int = 2) -> list[str]:
     return [p for p in out if p]
 
 
-def _tokens(texts: Sequence[str]) -> list[list[str]]:
+def _bm25s() -> Any:
     import bm25s
 
+    # bm25s sets its own logger to DEBUG on import and logs every index it builds (one per
+    # document-QA request); our logs keep its warnings only.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokens(texts: Sequence[str]) -> list[list[str]]:
+    bm25s = _bm25s()
     tokenized: list[list[str]] = bm25s.tokenize(
         list(texts), stopwords="en", return_ids=False, show_progress=False
     )
@@ -192,17 +202,21 @@ def grounding(
     >>> q = "What is the secret ingredient in Mara's soup?"
     >>> [round(s, 2) for s in grounding(q, [doc], ["Saffron.", "It is cumin.", "Mara's soup."])]
     [1.5, 0.0, 0.0]
+    >>> grounding("What is x?", ["x is 5. y is 2."], ["5"])  # no word BM25 can index
+    [0.0]
     """
-    import bm25s
-
+    bm25s = _bm25s()
     parts = passages(documents)
     if not parts:
         return [0.0 for _ in responses]
     part_tokens = _tokens(parts)
-    retriever = bm25s.BM25()
-    retriever.index(part_tokens, show_progress=False)
     q_tokens = _tokens([question])[0]
-    ranking = retriever.get_scores(q_tokens) if q_tokens else [0.0] * len(parts)
+    if any(part_tokens) and q_tokens:
+        retriever = bm25s.BM25()
+        retriever.index(part_tokens, show_progress=False)
+        ranking = retriever.get_scores(q_tokens)
+    else:  # nothing to rank by (a question or documents of stop words only): document order
+        ranking = [0.0] * len(parts)
     top = sorted(range(len(parts)), key=lambda i: -float(ranking[i]))[:top_k]
     top_vocab = {t for i in top for t in part_tokens[i]}
     all_vocab = {t for toks in part_tokens for t in toks}

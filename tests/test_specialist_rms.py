@@ -82,6 +82,13 @@ def test_grounding_without_documents_ties() -> None:
     assert scores == [0.0, 0.0]
 
 
+def test_grounding_with_nothing_bm25_can_index_scores_instead_of_failing() -> None:
+    # Passages of one-letter words and digits only: BM25 has an empty vocabulary (it used to
+    # raise, which counted as an RM fault and fell back).
+    assert grounding("What is x?", ["x is 5. y is 2."], ["5", "It is 5."]) == [0.0, 0.0]
+    assert grounding("the of", ["Mara likes saffron. Dogs bark."], ["saffron"])[0] > 0
+
+
 @pytest.mark.parametrize(
     ("question", "doc", "task", "kind"),
     [
