@@ -51,7 +51,10 @@ class EngineSettings(_Section):
     api_key: str | None = Field(None, description="remote: bearer token for the server")
     max_model_len: int = Field(2048, ge=64)
     seed: int = 0
-    dtype: str = "auto"
+    dtype: str = Field(
+        "auto",
+        description="auto: bfloat16 on CPUs with native bf16, else float32; the model's on GPU",
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")

@@ -102,6 +102,8 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> TrainingJob:
             param=f"reward_models.{i}.options.url",
         )
     fields["outbound_hosts"] = settings.outbound_hosts  # the job calls what the server may
+    if "vllm" not in body.model_fields_set:  # sample as the server's engine does (dtype, ...)
+        fields["vllm"] = settings.engine.model_dump()
     # Contexts must match the server's, so a bandit seeded from it means the same thing;
     # the bandit runs as the server's (alpha, epsilon, warm-up) unless the job sets it.
     fields["featurizer"] = settings.featurizer.model_dump()

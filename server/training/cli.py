@@ -16,7 +16,10 @@ from laser.server.runtime import log_to_stderr, offline_environment
 # `batch_size`; the bandit section's fields go without prefix (`--alpha` sets `bandit.alpha`).
 # A few fields keep their established short names.
 _ALIASES = {"learning_rate": "--lr"}
-_SECTION_FLAGS = {"bandit": ("alpha", "epsilon", "warmup", "ridge")}
+_SECTION_FLAGS = {
+    "bandit": ("alpha", "epsilon", "warmup", "ridge"),
+    "vllm": ("dtype", "kv_cache_gib"),
+}
 
 
 def _flags() -> list[tuple[str, str, type, str]]:

@@ -6,7 +6,8 @@ alpha=32 on q_proj/v_proj, lr 5e-6); n, batch size and response length are small
 
 The bandit and its context are configured exactly as the server's (`bandit` is the server's
 `BanditSettings`, `featurizer` its `FeaturizerSettings`), so a bandit seeded from a server means
-the same thing in training. The flat keys of earlier configs still work: `alpha` ->
+the same thing in training; the vLLM sampler takes the server's `EngineSettings` (`vllm`).
+The flat keys of earlier configs still work: `alpha` ->
 `bandit.alpha`, `feature_dim` -> `featurizer.dim`, `feature_seed` -> `featurizer.seed`.
 
     prompts = "data/train.jsonl"
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from laser.server.config import (
     BanditSettings,
+    EngineSettings,
     FeaturizerSettings,
     RewardModelSpec,
     default_reward_models,
@@ -102,6 +104,11 @@ class TrainConfig(BaseModel):
         default_factory=FeaturizerSettings,
         description="the bandit's context, as the server computes it (kind of query by "
         "default); its one-hot kinds are the warm start's regions",
+    )
+    vllm: EngineSettings = Field(
+        default_factory=EngineSettings,
+        description="the vLLM sampler: the server's [engine] section (dtype, kv_cache_gib, "
+        "enforce_eager, ...); `model`, `max_model_len` and `seed` of the run win, LoRA is on",
     )
     outbound_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK),

@@ -231,15 +231,17 @@ class Trainer:
                 scoring_context=self.policy.disable_adapter,
             )
         else:
-            from laser.server.config import EngineSettings
             from laser.server.services import vllm_engine
 
-            # The sampler follows the trained adapter: LoRA on, the rank the run trains.
-            settings = EngineSettings(
-                max_model_len=cfg.max_model_len,
-                seed=cfg.seed,
-                enable_lora=True,
-                max_lora_rank=max(cfg.lora_r, 8),
+            # The server's engine settings (dtype, KV cache, ...); the run fixes the context,
+            # the seed and LoRA (on, at the rank it trains: the sampler follows the adapter).
+            settings = cfg.vllm.model_copy(
+                update={
+                    "max_model_len": cfg.max_model_len,
+                    "seed": cfg.seed,
+                    "enable_lora": True,
+                    "max_lora_rank": max(cfg.lora_r, 8),
+                }
             )
             self.engine = vllm_engine(settings, self.model_path, self.model_name)
         self.encoder = SentenceEncoder(cfg.featurizer.model or assets.minilm_path())
