@@ -8,6 +8,16 @@ bash scripts/setup.sh
 V=.venv/bin
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
+# The replica tests start their own PostgreSQL server from Debian's postgresql package.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+then
+  echo "== installing PostgreSQL (Debian's postgresql) for tests/test_postgres.py"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q postgresql >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q postgresql >/dev/null; }
+fi
+
 echo "== ruff"
 "$V/ruff" check .
 "$V/ruff" format --check .

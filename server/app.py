@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -29,8 +30,7 @@ from laser.server.protocol import (
     ErrorResponse,
 )
 from laser.server.routes import admin_router, native_router
-from laser.server.services import Services, build_reward_model, load_services
-from laser.server.store import Store
+from laser.server.services import Services, build_reward_model, load_services, open_store
 from laser.server.training.api import restore_policy
 from laser.server.training.api import router as training_router
 from laser.server.training.jobs import JobManager
@@ -79,7 +79,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             raise InsecureSettingsError(problem)
         own = services is None
         svc = load_services(settings) if services is None else services
-        store = Store(settings.store_path)
+        store = open_store(settings)
         featurizer = svc.featurizer(settings)
         metrics = Metrics()
 
@@ -116,9 +116,16 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             settings.bandit.alpha,
             settings.store_path,
         )
+        follower = None
+        if store.shared:  # other replicas write to the same log: follow them
+            follower = asyncio.create_task(reranker.follow(settings.store.poll_interval_s))
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             try:
                 reranker.snapshot_sync()  # graceful stop: the bandit is saved
             except Exception as exc:

@@ -9,12 +9,14 @@ import logging
 from collections.abc import Iterable
 
 from laser.bandit import LinUCB, LinUCBConfig, StateError, from_bytes
-from laser.server.store import Store
+from laser.server.store import LogStore
 
 log = logging.getLogger("laser.server")
 
 
-def restore_bandit(store: Store, config: LinUCBConfig, arms: Iterable[str]) -> tuple[LinUCB, int]:
+def restore_bandit(
+    store: LogStore, config: LinUCBConfig, arms: Iterable[str]
+) -> tuple[LinUCB, int]:
     """The bandit to serve with, and the sequence number of the last feedback applied.
 
     The newest snapshot is used when its context (dimension, regions) still fits `config`;

@@ -41,6 +41,35 @@ def _serve(args: argparse.Namespace) -> None:
     server.run()
 
 
+def _db(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from laser.server.config import settings_from_flags
+
+    try:
+        settings = settings_from_flags(args)
+    except (ValidationError, OSError, ValueError) as exc:
+        sys.exit(f"laser-server: bad configuration: {exc}")
+    url = args.url or settings.store.url
+    if not url:
+        print(f"SQLite store ({settings.store_path}): its schema is kept up to date at start")
+        return
+    import psycopg
+
+    from laser.server.pg_store import LATEST, SchemaError, migrate, schema_version
+
+    try:
+        if args.action == "status":
+            with psycopg.connect(url, autocommit=True) as conn:
+                version = schema_version(conn)
+            print(f"schema {version}; this laser-server uses {LATEST}")
+            return
+        before, after = migrate(url)
+    except (psycopg.Error, SchemaError) as exc:
+        sys.exit(f"laser-server db: {exc}")
+    print(f"schema {before} -> {after}" if after != before else f"schema {after}: up to date")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="laser-server", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--alpha", type=float, help="LinUCB exploration width")
     serve.add_argument("--document-policy", dest="document_policy", choices=["truncate", "reject"])
     serve.set_defaults(func=_serve)
+
+    db = sub.add_parser(
+        "db",
+        help="the shared PostgreSQL store's schema: upgrade (apply migrations) or status",
+        description="Apply the PostgreSQL store's schema migrations (store.url, or --url), or "
+        "show its version. Servers apply them at start unless store.auto_upgrade = false.",
+    )
+    db.add_argument("action", choices=["upgrade", "status"])
+    db.add_argument("--config", help="TOML config file (its store.url)")
+    db.add_argument("--url", help="postgresql://... (overrides the config)")
+    db.set_defaults(func=_db)
 
     bench = sub.add_parser("bench-bandit", help="LinUCB select+update micro-benchmark")
     bench.set_defaults(func=lambda a: __import__("laser.bandit.bench").bandit.bench.main([]))

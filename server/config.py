@@ -110,6 +110,23 @@ class BanditSettings(_Section):
         )
 
 
+class StoreSettings(_Section):
+    """Where decisions, feedback and bandit snapshots live (laser.server.store, pg_store)."""
+
+    url: str = Field(
+        "",
+        description="empty: SQLite at <data_dir>/laser.db (one server); postgresql://...: a "
+        "database shared by several replicas, which then learn as one",
+    )
+    poll_interval_s: float = Field(
+        0.1, gt=0, le=10, description="PostgreSQL: how often a replica looks for others' work"
+    )
+    pool_size: int = Field(8, ge=1, description="PostgreSQL: connections per replica")
+    auto_upgrade: bool = Field(
+        True, description="PostgreSQL: apply schema migrations at start (else `db upgrade`)"
+    )
+
+
 class BreakerSettings(_Section):
     """Reward-model circuit breaker (laser.server.breaker)."""
 
@@ -209,7 +226,15 @@ class Settings(BaseSettings):
     featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     reward_models: list[RewardModelSpec] = Field(default_factory=default_reward_models)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, store: StoreSettings) -> StoreSettings:
+        if store.url and not store.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store.url must be empty (SQLite) or a postgresql:// URL")
+        return store
 
     @field_validator("reward_models")
     @classmethod
@@ -251,6 +276,11 @@ class Settings(BaseSettings):
             "api_key (LASER_API_KEY) or api_key_file (LASER_API_KEY_FILE), or listen on "
             "127.0.0.1; insecure_no_api_key = true serves without one anyway"
         )
+
+    @property
+    def store_location(self) -> str:
+        """The log: the PostgreSQL URL, or the SQLite file."""
+        return self.store.url or str(self.store_path)
 
     @property
     def store_path(self) -> Path:

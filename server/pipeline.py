@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -47,7 +47,13 @@ from laser.server.protocol import (
 )
 from laser.server.rewards import Query, RewardModel
 from laser.server.rm_pool import AllRMsFailedError, RMPool
-from laser.server.store import Decision, DuplicateFeedbackError, Store, UnknownDecisionError
+from laser.server.store import (
+    Decision,
+    DuplicateFeedbackError,
+    LogStore,
+    SharedLogStore,
+    UnknownDecisionError,
+)
 
 log = logging.getLogger("laser.server")
 
@@ -67,7 +73,7 @@ class Reranker:
         engine: Engine,
         featurizer: Featurizer,
         reward_models: Mapping[str, RewardModel],
-        store: Store,
+        store: LogStore,
         metrics: Metrics | None = None,
         build_rm: Callable[[RewardModelSpec], RewardModel] | None = None,
         unavailable: Mapping[str, str] | None = None,
@@ -104,6 +110,8 @@ class Reranker:
         self.bandit_config = settings.bandit.linucb(featurizer.dim, featurizer.regions)
         self.bandit, self._feedback_seq = restore_bandit(store, self.bandit_config, self.rms.models)
         self._since_snapshot = 0
+        self._follow_lock = asyncio.Lock()
+        self._rm_rev = 0  # shared store: the newest RM change taken in
         for name in disabled:
             if name in self.bandit.arms:
                 self.bandit.disable_arm(name)
@@ -340,6 +348,19 @@ class Reranker:
         )
 
     # -- feedback ---------------------------------------------------------------------------
+    def _apply(self, arm: str, context: np.ndarray, reward: float) -> bool:
+        """Fold one committed feedback into the bandit and the RM statistics; False when its
+        RM or context no longer fits the bandit (it stays in the log)."""
+        applied = arm in self.bandit.arms and context.shape == (self.featurizer.dim,)
+        if applied:
+            self.bandit.update(arm, context, reward)
+        if arm in self.rms.stats:
+            st = self.rms.stats[arm]
+            st.feedback += 1
+            st.reward_sum += reward
+        self._since_snapshot += 1
+        return applied
+
     async def feedback(self, decision_id: str, reward: float) -> FeedbackResponse:
         try:
             seq, decision = await self._stored(
@@ -353,27 +374,84 @@ class Reranker:
                 param="id",
             ) from None
         # Durable now; the bandit update follows (a crash here is repaired by replay).
-        applied = decision.arm in self.bandit.arms and decision.context.shape == (
-            self.featurizer.dim,
-        )
-        if applied:
-            self.bandit.update(decision.arm, decision.context, reward)
-        self._feedback_seq = seq
-        if decision.arm in self.rms.stats:
-            st = self.rms.stats[decision.arm]
-            st.feedback += 1
-            st.reward_sum += reward
+        if self.store.shared:
+            # Replicas apply every feedback in commit order, this one's included, so they
+            # all hold the same bandit. A failed read only delays it: the follower retries.
+            try:
+                await self._catch_up()
+            except ServiceUnavailableError as exc:
+                log.warning("feedback %d committed; applying it waits for the store: %s", seq, exc)
+            applied = self._feedback_seq >= seq and decision.arm in self.bandit.arms
+        else:
+            applied = self._apply(decision.arm, decision.context, reward)
+            self._feedback_seq = seq
         self.metrics.feedback.labels(decision.arm).inc()
         self.metrics.feedback_reward.labels(decision.arm).observe(reward)
-        self._since_snapshot += 1
+        await self._maybe_snapshot()
+        return FeedbackResponse(
+            id=decision_id, reward=reward, reward_model=decision.arm, applied=applied, seq=seq
+        )
+
+    async def _maybe_snapshot(self) -> None:
         if self._since_snapshot >= self.settings.bandit.snapshot_every:
             try:  # the feedback is committed: a failed snapshot must not turn it into an error
                 await self.snapshot()
             except ServiceUnavailableError as exc:
                 log.warning("bandit snapshot failed, will retry: %s", exc)
-        return FeedbackResponse(
-            id=decision_id, reward=reward, reward_model=decision.arm, applied=applied
-        )
+
+    # -- replicas sharing one store (PostgreSQL) --------------------------------------------
+    async def _catch_up(self) -> None:
+        """Apply every feedback committed (by any replica) after the last one applied, in
+        commit order."""
+        async with self._follow_lock:
+            shared = cast(SharedLogStore, self.store)
+            rows = await self._stored("read", shared.feedback_since(self._feedback_seq))
+            if any(r.arm not in self.bandit.arms for r in rows):
+                await self._sync_reward_models()  # an RM added on another replica
+            for row in rows:
+                self._apply(row.arm, row.context, row.reward)
+                self._feedback_seq = row.seq
+
+    async def _sync_reward_models(self) -> None:
+        """Take in RM changes (added, enabled, disabled) made on any replica."""
+        shared = cast(SharedLogStore, self.store)
+        changes = await self._stored("read", shared.reward_model_changes(self._rm_rev))
+        for name, spec_json, enabled, rev in changes:
+            self._rm_rev = max(self._rm_rev, rev)
+            if name not in self.rms and name not in self.unavailable and self.build_rm:
+                try:
+                    spec = RewardModelSpec.model_validate_json(spec_json)
+                    rm = await asyncio.to_thread(self.build_rm, spec)
+                except Exception as exc:
+                    self.unavailable[name] = "added on another replica, cannot be built: " + (
+                        _reason(exc)
+                    )
+                    log.error("reward model %s: %s", name, self.unavailable[name])
+                else:
+                    self.rms.add(name, rm)
+                    log.info("reward model %s added (on another replica)", name)
+            if name in self.rms and name not in self.bandit.arms:
+                self.bandit.add_arm(name)
+            if name not in self.bandit.arms or name in self.unavailable:
+                continue
+            if enabled and not self.bandit.is_enabled(name):
+                self.bandit.enable_arm(name)
+            elif not enabled and self.bandit.is_enabled(name) and len(self.bandit.enabled_arms) > 1:
+                self.bandit.disable_arm(name)
+
+    async def follow(self, interval_s: float) -> None:
+        """Run while serving on a shared store: other replicas' feedback and RM changes are
+        applied within about `interval_s` of their commit."""
+        while True:
+            try:
+                await self._catch_up()
+                await self._sync_reward_models()
+                await self._maybe_snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # shown in /health by _stored; retried next round
+                log.warning("following the shared store: %s", exc)
+            await asyncio.sleep(interval_s)
 
     # -- admin ------------------------------------------------------------------------------
     async def add_reward_model(self, spec: RewardModelSpec) -> None:

@@ -127,6 +127,7 @@ class FeedbackResponse(BaseModel):
     reward: float
     reward_model: str
     applied: bool
+    seq: int = Field(description="the feedback's place in the log (commit order)")
 
 
 class PredictRequest(BaseModel):

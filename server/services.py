@@ -27,6 +27,7 @@ from laser.server.rewards import (
     RelevanceRM,
     RewardModel,
 )
+from laser.server.store import LogStore, Store
 
 log = logging.getLogger("laser.server")
 
@@ -114,6 +115,20 @@ class Services:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def open_store(settings: Settings) -> LogStore:
+    """The log `settings` name: SQLite at `<data_dir>/laser.db`, or the PostgreSQL database of
+    `store.url` (migrated first unless `store.auto_upgrade` is off)."""
+    if settings.store.url:
+        from laser.server.pg_store import PgStore
+
+        return PgStore(
+            settings.store.url,
+            pool_size=settings.store.pool_size,
+            upgrade=settings.store.auto_upgrade,
+        )
+    return Store(settings.store_path)
 
 
 def vllm_engine(e: EngineSettings, model_path: str, name: str) -> Engine:
