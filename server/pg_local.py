@@ -48,6 +48,8 @@ def _free_port() -> int:
 
 class LocalPostgres:
     def __init__(self, root: Path, port: int | None = None) -> None:
+        """`root`: a folder of its own (under root, one the `postgres` user can reach: e.g.
+        `tempfile.mkdtemp()` directly under /tmp)."""
         self.root = root
         self.data = root / "data"
         self.port = port or _free_port()
@@ -57,9 +59,9 @@ class LocalPostgres:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _run(self, *cmd: str) -> None:
-        subprocess.run(
-            [*self._as, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        done = subprocess.run([*self._as, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {done.stderr.decode(errors='replace')[-1500:]}")
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

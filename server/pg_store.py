@@ -142,7 +142,8 @@ def _row(d: Decision) -> tuple[Any, ...]:
     )
 
 
-def _decision(row: Any) -> Decision:
+def decision_from_pg_row(row: Any) -> Decision:
+    """A `decisions` row (`DECISION_COLUMNS`) read from PostgreSQL as a `Decision`."""
     return decision_from_row((*row[:8], bytes(row[8]), *row[9:]))
 
 
@@ -215,7 +216,7 @@ class PgStore:
             row = conn.execute(
                 f"SELECT {DECISION_COLUMNS} FROM decisions WHERE id = %s", (decision_id,)
             ).fetchone()
-            return None if row is None else _decision(row)
+            return None if row is None else decision_from_pg_row(row)
 
         return await self._translated(q)
 
@@ -242,7 +243,7 @@ class PgStore:
                     "RETURNING seq",
                     (decision_id, reward, time.time()),
                 ).fetchone()[0]
-            return int(seq), _decision(row)
+            return int(seq), decision_from_pg_row(row)
 
         return await self._translated(insert)
 

@@ -173,7 +173,7 @@ async def admin_ope(request: Request, alpha: str = "0.1,2", bootstrap: int = 500
     settings: Settings = request.app.state.settings
 
     def run() -> OPEReport:
-        log = read_log(settings.store_path)
+        log = read_log(settings.store_location)
         report = evaluate(log, default_policies(log, settings.bandit, alphas), n_boot=bootstrap)
         return OPEReport.model_validate(report)
 

@@ -104,7 +104,7 @@ def test_cpu_image_installs_like_setup_sh() -> None:
     run = " ".join(args_of("Dockerfile.cpu", "RUN"))
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "--excludes scripts/excludes.txt" in run and "--compile-bytecode" in run
-    assert '".[cpu]"' in run and "download.pytorch.org/whl/cpu" in run
+    assert '".[cpu,postgres]"' in run and "download.pytorch.org/whl/cpu" in run
     lines = (ROOT / "scripts" / "excludes.txt").read_text().splitlines()
     excluded = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
     assert set(excluded) == {"torchvision", "torchaudio", "torchcodec", "triton"}
@@ -162,3 +162,26 @@ def test_metrics_route_exists() -> None:
     app = build_app(load_settings(CONFIG))
     paths = {getattr(r, "path", None) for r in app.routes}
     assert {"/metrics", "/health", "/generate"} <= paths
+
+
+def test_replicas_profile_shares_one_database_behind_nginx() -> None:
+    c = compose()["services"]
+    replicas = [c["laser-a"], c["laser-b"]]
+    for r in replicas:
+        assert r["profiles"] == ["replicas"]
+        env = r["environment"]
+        assert env["LASER_API_KEY"].startswith("${LASER_API_KEY:?")  # same key rule
+        assert env["LASER_STORE__URL"].startswith("postgresql://postgres:")
+        assert env["LASER_STORE__URL"].endswith("@postgres:5432/laser")
+        assert r["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The URL the replicas get is one the server accepts.
+    url = replicas[0]["environment"]["LASER_STORE__URL"].replace("${LASER_PG_PASSWORD}", "pw")
+    assert load_settings(CONFIG, api_key="k", store={"url": url}).store.url == url
+    assert c["postgres"]["environment"]["POSTGRES_DB"] == "laser"
+    # nginx: its config is mounted from a file that exists and names both replicas.
+    proxy = c["proxy"]
+    (mount,) = proxy["volumes"]
+    conf = (DOCKER / mount.split(":")[0]).read_text()
+    port = load_settings(CONFIG).port
+    assert f"server laser-a:{port}" in conf and f"server laser-b:{port}" in conf
+    assert "proxy_buffering off" in conf  # stream=true passes through

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from laser.server.cli import main as cli_main
+from laser.server.ope import read_log
 from laser.server.pg_local import LocalPostgres
 from tests.conftest import MODEL_CACHE, ROOT, LiveServer, free_port, make_settings
 
@@ -138,6 +139,11 @@ def test_replicas_learn_as_one(
         last = httpx.post(a.url + "/feedback", json={"id": r.json()["id"], "reward": 1}).json()
         wait_for(lambda: seq(b.url) == last["seq"])
         assert predictions(a.url) == predictions(b.url)
+
+        # Off-policy evaluation reads the shared log, from any replica or the CLI.
+        log = read_log(pg_url)
+        assert log.n + sum(log.excluded.values()) == 13 and log.excluded.get("forced") == 1
+        assert httpx.get(b.url + "/admin/ope", params={"bootstrap": 100}).json()["n"] == log.n
 
         # A replica that starts late catches up from the shared snapshot plus the log.
         c = start_server(replica_settings(tmp_path / "c", pg_url))

@@ -193,8 +193,30 @@ def write_jsonl(decisions: Iterable[LoggedDecision], path: Path) -> None:
             f.write(json.dumps(d.to_json()) + "\n")
 
 
+def _read_pg(url: str) -> list[LoggedDecision]:
+    import psycopg
+
+    from laser.server.pg_store import decision_from_pg_row
+
+    try:
+        with psycopg.connect(url) as conn:
+            rewards: dict[str, float] = dict(
+                conn.execute("SELECT decision_id, reward FROM feedback").fetchall()
+            )
+            rows = conn.execute(f"SELECT {DECISION_COLUMNS} FROM decisions ORDER BY created")
+            decisions = [decision_from_pg_row(r) for r in rows]
+    except psycopg.errors.UndefinedTable:
+        raise LogError(f"{url} is not a laser-server database (no decisions table)") from None
+    except psycopg.Error as exc:
+        raise LogError(f"cannot read {url}: {exc}") from None
+    return [LoggedDecision(**vars(d), reward=rewards.get(d.id)) for d in decisions]
+
+
 def read_decisions(source: str | Path) -> list[LoggedDecision]:
-    """Every logged decision of a data directory, a `laser.db`, or a JSONL export."""
+    """Every logged decision of a data directory, a `laser.db`, a PostgreSQL store's URL, or
+    a JSONL export."""
+    if str(source).startswith(("postgresql://", "postgres://")):
+        return _read_pg(str(source))
     path = Path(source)
     if path.is_dir():
         path = path / "laser.db"
