@@ -43,6 +43,7 @@ class FeedbackResult(_Model):
     reward: float
     reward_model: str
     applied: bool
+    seq: int | None = None  # the feedback's place in the log (None from older servers)
 
 
 class Health(_Model):

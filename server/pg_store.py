@@ -168,8 +168,15 @@ class PgStore:
                 f"the database is at schema {version}, this laser-server needs {LATEST}: run "
                 "`laser-server db upgrade`"
             )
+        # `check`: a connection broken by a database restart is replaced, not handed out.
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=True
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            check=ConnectionPool.check_connection,
+            timeout=5,  # waiting for a connection; then 503 store_unavailable
+            open=True,
         )
         self._exec = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="laser-pg")
         self.group_sizes: list[int] = []

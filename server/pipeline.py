@@ -1,8 +1,9 @@
 """The reranking pipeline, framework-free: featurize, select an RM, generate n, score, log.
 
 `Reranker` owns the serving bandit, and every method that reads or changes it (the request
-path, feedback, admin changes of the RM set, snapshots, the summary) is here, so all bandit
-access stays on the event loop without locks; that is why this module runs past 400 lines.
+path, feedback, admin changes of the RM set, following other replicas on a shared store,
+snapshots, the summary) is here, so all bandit access stays on the event loop without locks;
+that is why this module runs past 400 lines.
 
 reranker = Reranker(settings, engine, featurizer, reward_models, store)
 result = await reranker.generate(GenerateRequest(prompt="What is 2+2?", n=4), "req-1")
@@ -442,6 +443,7 @@ class Reranker:
     async def follow(self, interval_s: float) -> None:
         """Run while serving on a shared store: other replicas' feedback and RM changes are
         applied within about `interval_s` of their commit."""
+        failing: str | None = None
         while True:
             try:
                 await self._catch_up()
@@ -450,7 +452,13 @@ class Reranker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # shown in /health by _stored; retried next round
-                log.warning("following the shared store: %s", exc)
+                if f"{exc}" != failing:  # once per distinct fault, not every round
+                    failing = f"{exc}"
+                    log.warning("following the shared store: %s", exc)
+            else:
+                if failing is not None:
+                    log.info("following the shared store again")
+                    failing = None
             await asyncio.sleep(interval_s)
 
     # -- admin ------------------------------------------------------------------------------

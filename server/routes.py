@@ -67,10 +67,12 @@ async def health(request: Request) -> HealthResponse:
     reranker = _reranker(request)
     faults = reranker.faults()
     counts: StoreCounts | None
-    try:
-        counts = StoreCounts(**await reranker.store.counts())
+    try:  # bounded: a probe must answer even while a remote store hangs
+        counts = StoreCounts(**await asyncio.wait_for(reranker.store.counts(), 2.0))
     except sqlite3.Error as exc:
         counts, faults = None, [*faults, f"store: {exc}"]
+    except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
+        counts, faults = None, [*faults, "store: no answer within 2 s"]
     return HealthResponse(
         status="degraded" if faults else "ok",
         faults=faults,

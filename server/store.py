@@ -9,6 +9,9 @@ queue up and go together in the next transaction (one fsync for the group). Each
 still returns only once its own decision is committed, so "acknowledged means durable"
 holds; a lone request pays exactly one commit, as before.
 
+The module also holds what both stores share (`Decision`, the row layout, `LogStore`, the
+errors), which is why it runs past 400 lines; `pg_store.py` is the PostgreSQL twin.
+
 Tables:
 - `decisions`: id, created, prompt, task, has_document, arm (the RM that scored), propensity,
   selection (`bandit`: drawn from the bandit's policy; `forced`: the request named the RM;

@@ -308,3 +308,41 @@ def test_feedback_rows_keep_commit_order(pg_url: str) -> None:
 def test_config_rejects_other_store_urls(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="postgresql://"):
         make_settings(tmp_path, store={"url": "mysql://x"})
+
+
+def test_database_outage_is_a_clean_503_and_the_replica_recovers(
+    start_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """Its own PostgreSQL, stopped mid-service: nothing is acknowledged that was not
+    committed (503 in the error shape, /health degraded), and service resumes by itself."""
+    root = Path(tempfile.mkdtemp(prefix="laser-pg-"))
+    pg = LocalPostgres(root)
+    pg.start()
+    live = None
+    try:
+        live = start_server(replica_settings(tmp_path, pg.create_database("outage")))
+        body = {"prompt": "What is 1 + 1?", "n": 1, "max_tokens": 2}
+        ok = httpx.post(live.url + "/generate", json=body, timeout=120)
+        assert ok.status_code == 200
+        pg.stop()
+        down = httpx.post(live.url + "/generate", json=body, timeout=120)
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["code"] == "store_unavailable"
+        fb = httpx.post(
+            live.url + "/feedback", json={"id": ok.json()["id"], "reward": 1}, timeout=60
+        )
+        assert fb.status_code == 503
+        health = httpx.get(live.url + "/health", timeout=10).json()
+        assert health["status"] == "degraded" and any("store" in f for f in health["faults"])
+        pg.start()  # same data folder and port
+        again = httpx.post(
+            live.url + "/feedback", json={"id": ok.json()["id"], "reward": 1}, timeout=60
+        )
+        assert again.status_code == 200 and again.json()["seq"] == 1
+        assert httpx.post(live.url + "/generate", json=body, timeout=120).status_code == 200
+        wait_for(lambda: httpx.get(live.url + "/health", timeout=10).json()["status"] == "ok")
+    finally:
+        if live is not None:
+            live.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -116,12 +116,15 @@ def test_feedback_statuses(server: LiveServer) -> None:
     assert_error(nan, 422, "reward")
     ok = post(server, "/feedback", {"id": gen["id"], "reward": True})
     assert ok.status_code == 200, ok.text
-    assert ok.json() == {
+    body = ok.json()
+    assert body == {
         "id": gen["id"],
         "reward": 1.0,
         "reward_model": gen["reward_model"],
         "applied": True,
+        "seq": body["seq"],
     }
+    assert isinstance(body["seq"], int) and body["seq"] >= 1  # its place in the log
     again = assert_error(post(server, "/feedback", {"id": gen["id"], "reward": 0.0}), 409, "id")
     assert "first one stands" in again["message"]
 
