@@ -230,10 +230,10 @@ class VLLMEngine(EngineBase):
         return scores
 
     def _remember(self, prompt: str, outputs: Sequence[Any]) -> None:
-        """Keep each sample's token ids and mean token logprob. No tokenizer work here (the
-        generation hot path): `loglikelihoods` uses an entry only when the text tokenizes
-        back to exactly these ids, when it is what a prompt-logprobs pass would compute, up
-        to float rounding. A trailing end-of-sequence token is not part of the text."""
+        """Keep each sample's token ids and mean token logprob: what a prompt-logprobs pass
+        over these ids would compute, up to float rounding. `loglikelihoods` scores the
+        text by these ids (also when the tokenizer would split the text differently). A
+        trailing end-of-sequence token is not part of the text."""
         key = _digest(prompt)
         eos = self.tokenizer.eos_token_id
         for o in outputs:
@@ -284,13 +284,19 @@ class VLLMEngine(EngineBase):
             """The mean logprob kept from sampling this very text; otherwise the logprobs of
             the continuation's tokens that vLLM computed for this request: those past the
             part it took from the prefix cache."""
-            cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if not cont:
-                return float("-inf")
-            kept = self._sampled_lls.get((key, text)) if reuse_prefix else None
-            if kept is not None and kept[0] == cont:
+            # A text sampled here is scored as the tokens it was sampled as: sampling can split
+            # a word differently from the tokenizer, and that split is what the model gave.
+            kept = self._sampled_lls.get((key, text))
+            if kept is not None and reuse_prefix:
                 self.loglik_tokens["from_generation"] += 1
                 return kept[1]
+            cont = (
+                kept[0]
+                if kept is not None
+                else self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            )
+            if not cont:
+                return float("-inf")
             ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
             prompt = TokensPrompt(prompt_token_ids=ids)
             out = await self._final(prompt, params(reuse_prefix))

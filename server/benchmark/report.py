@@ -55,6 +55,7 @@ def markdown(results: dict[str, Any]) -> str:
         "Parts (p50): "
         + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in o["parts_p50_ms"].items())
         + ".",
+        *_loglik_sources(results),
         "",
         "| concurrency | requests | server req/s | p50 (ms) | p90 (ms) | p99 (ms) | refused "
         "| engine alone req/s | server / engine |",
@@ -97,3 +98,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {', '.join(row['rm_picked'])} | {ll} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _loglik_sources(results: dict[str, Any]) -> list[str]:
+    src = results.get("loglik_sources")
+    if not src or src["share_from_generation"] is None:
+        return []
+    return [
+        "",
+        f"Likelihood scoring over the whole run: {src['from_generation']} candidates from the "
+        f"logprobs kept while sampling ({src['share_from_generation']:.0%}), "
+        f"{src['engine_passes']} by an engine pass (texts not sampled by this engine, and the "
+        "from-scratch comparison rows).",
+    ]

@@ -440,5 +440,13 @@ async def run_bench(
         "doc_scaling": docs,
         "seconds": time.perf_counter() - t_start,
     }
+    sources = getattr(svc.engine, "loglik_tokens", None)
+    if sources is not None:  # the loglik RM: candidates scored from kept sampling logprobs
+        free, passes = sources.get("from_generation", 0), sources.get("engine_passes", 0)
+        results["loglik_sources"] = {
+            "from_generation": free,
+            "engine_passes": passes,
+            "share_from_generation": free / (free + passes) if free + passes else None,
+        }
     results["targets"] = targets(results)
     return results
