@@ -78,6 +78,32 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+SMALL_CPU = 4  # cores: up to this many, `auto` gives the model every core
+
+
+def resolve_cpu_binding(bind: str, cores: int) -> str:
+    """What `engine.cpu_threads_bind` means on a machine with `cores` CPUs: `auto` is `all`
+    on small machines (vLLM reserves one core for its scheduler: on two cores the model would
+    get one; bench/cpu_binding.py measured 1.5-1.7x more with both) and vLLM's own choice
+    (`vllm`: NUMA- and SMT-aware, one core reserved) on larger ones."""
+    if bind == "auto":
+        return "all" if cores <= SMALL_CPU else "vllm"
+    return bind
+
+
+def apply_cpu_binding(bind: str) -> str:
+    """Set where vLLM-CPU's worker threads run (read by vLLM when the engine starts);
+    returns the setting applied: `vllm` (vLLM's own), `all` (every core, none reserved),
+    `nobind`, or vLLM's list syntax (`0-3`)."""
+    cores = os.cpu_count() or 1
+    bind = resolve_cpu_binding(bind, cores)
+    if bind == "vllm":
+        return bind
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{cores - 1}" if bind == "all" else bind
+    os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return bind
+
+
 class VLLMEngine(EngineBase):
     """vLLM's `AsyncLLM` in this process (its engine core in a child process).
 
@@ -98,10 +124,14 @@ class VLLMEngine(EngineBase):
         enforce_eager: bool = True,
         enable_lora: bool = False,
         max_lora_rank: int = 16,
+        cpu_threads_bind: str = "auto",
     ) -> None:
         # The configured size wins (vLLM reads it when the engine starts); without it vLLM-CPU
         # reserves ~14 GiB.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        if _on_cpu():
+            self.cpu_threads_bind = apply_cpu_binding(cpu_threads_bind)
+            log.info("engine CPU threads: %s", self.cpu_threads_bind)
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

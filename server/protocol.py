@@ -191,6 +191,9 @@ class SnapshotResponse(BaseModel):
 class EngineInfo(BaseModel):
     dtype: str | None = Field(None, description="the in-process engine's dtype (null: remote)")
     dtype_reason: str | None = None
+    cpu_threads_bind: str | None = Field(
+        None, description="CPU: the cores vLLM's worker threads were bound to (all, vllm, ...)"
+    )
 
 
 class AdmissionStatus(BaseModel):

@@ -80,6 +80,7 @@ async def health(request: Request) -> HealthResponse:
         engine=EngineInfo(
             dtype=getattr(reranker.engine, "dtype", None),
             dtype_reason=getattr(reranker.engine, "dtype_reason", None),
+            cpu_threads_bind=getattr(reranker.engine, "cpu_threads_bind", None),
         ),
         reward_models=reranker.summary().arms,
         counts=counts,

@@ -147,6 +147,7 @@ def vllm_engine(e: EngineSettings, model_path: str, name: str) -> Engine:
         enforce_eager=e.enforce_eager,
         enable_lora=e.enable_lora,
         max_lora_rank=e.max_lora_rank,
+        cpu_threads_bind=e.cpu_threads_bind,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,25 @@ def test_read_cpu_flags_missing_or_flagless_file_is_empty(tmp_path: Path) -> Non
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # no x86 `flags` line
     assert read_cpu_flags(arm) == set()
+
+
+def test_cpu_thread_binding_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from laser.server.config import load_settings
+    from laser.server.engine import apply_cpu_binding, resolve_cpu_binding
+
+    # auto: the whole of a small machine; vLLM's own choice (a core reserved) on a big one.
+    assert resolve_cpu_binding("auto", 2) == "all" and resolve_cpu_binding("auto", 4) == "all"
+    assert resolve_cpu_binding("auto", 64) == "vllm"
+    assert resolve_cpu_binding("0-3", 2) == "0-3"
+    for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert apply_cpu_binding("auto") == "vllm"  # nothing set: vLLM decides
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert apply_cpu_binding("auto") == "all"  # every core, none reserved
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert load_settings(engine={"cpu_threads_bind": "0-3|4-7"}).engine.cpu_threads_bind
+    with pytest.raises(ValueError):
+        load_settings(engine={"cpu_threads_bind": "0-1; rm -rf /"})
