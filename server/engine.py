@@ -229,14 +229,29 @@ class VLLMEngine(EngineBase):
             logprobs=0 if adapter is None else None,
         )
         out = await self._final(prompt, params, adapter)
-        if adapter is None:
-            self._remember(prompt, out.outputs)
-        return Generation(
-            completions=[
-                Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs
-            ],
-            prompt_tokens=len(out.prompt_token_ids or []),
-        )
+        kept = self._remember(prompt, out.outputs) if adapter is None else {}
+        completions = []
+        for o in out.outputs:
+            ids, lp = kept.get(o.text, (None, None))
+            completions.append(Completion(o.text, o.finish_reason, len(o.token_ids), ids, lp))
+        return Generation(completions=completions, prompt_tokens=len(out.prompt_token_ids or []))
+
+    def keep_samples(self, prompt: str, completions: Sequence[Completion]) -> int:
+        """Restore the kept sampling logprobs of completions generated earlier (e.g. read back
+        from a cache), so the loglik RM scores them without an engine pass; returns how many."""
+        key = _digest(prompt)
+        n = 0
+        for c in completions:
+            if c.sampled_ids and c.sampled_logprob is not None and c.text:
+                self._sampled_lls[(key, c.text)] = (list(c.sampled_ids), c.sampled_logprob)
+                self._sampled_lls.move_to_end((key, c.text))
+                n += 1
+        self._trim()
+        return n
+
+    def _trim(self) -> None:
+        while len(self._sampled_lls) > SAMPLED_LLS_MAX:
+            self._sampled_lls.popitem(last=False)
 
     async def _hf_loglikelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
         async with self._scorer_lock:
@@ -259,13 +274,14 @@ class VLLMEngine(EngineBase):
             )
         return scores
 
-    def _remember(self, prompt: str, outputs: Sequence[Any]) -> None:
+    def _remember(self, prompt: str, outputs: Sequence[Any]) -> dict[str, tuple[list[int], float]]:
         """Keep each sample's token ids and mean token logprob: what a prompt-logprobs pass
         over these ids would compute, up to float rounding. `loglikelihoods` scores the
         text by these ids (also when the tokenizer would split the text differently). A
         trailing end-of-sequence token is not part of the text."""
         key = _digest(prompt)
         eos = self.tokenizer.eos_token_id
+        kept: dict[str, tuple[list[int], float]] = {}
         for o in outputs:
             ids = list(o.token_ids)
             if not o.logprobs or len(o.logprobs) != len(ids) or not o.text:
@@ -275,10 +291,11 @@ class VLLMEngine(EngineBase):
             lps = [d[t].logprob for d, t in zip(o.logprobs, ids, strict=False) if d and t in d]
             if not ids or len(lps) != len(ids):
                 continue
-            self._sampled_lls[(key, o.text)] = (ids, sum(lps) / len(lps))
+            kept[o.text] = (ids, sum(lps) / len(lps))
+            self._sampled_lls[(key, o.text)] = kept[o.text]
             self._sampled_lls.move_to_end((key, o.text))
-        while len(self._sampled_lls) > SAMPLED_LLS_MAX:
-            self._sampled_lls.popitem(last=False)
+        self._trim()
+        return kept
 
     async def loglikelihoods(
         self, prefix: str, continuations: Sequence[str], *, reuse_prefix: bool = True

@@ -25,6 +25,11 @@ class Completion:
     text: str
     finish_reason: str | None
     tokens: int
+    sampled_ids: list[int] | None = None
+    """The token ids it was sampled as (end-of-sequence dropped), when the engine kept their
+    logprobs: with `sampled_logprob`, what lets `keep_samples` restore them later."""
+    sampled_logprob: float | None = None
+    """Mean logprob of `sampled_ids` under the model (raw, before temperature)."""
 
 
 @dataclass(frozen=True)

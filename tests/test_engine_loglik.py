@@ -91,3 +91,11 @@ def test_samples_just_generated_are_scored_from_their_sampling_logprobs(
     other = loop_thread.run(engine.loglikelihoods(prompt + " ", texts[:1]))
     assert engine.loglik_tokens["from_generation"] - before["from_generation"] == hits
     assert math.isfinite(other[0])
+    # The completions carry what was kept: samples read back from a cache (the evaluation's)
+    # are scored without an engine pass once restored, with the same numbers.
+    assert all(c.sampled_ids and c.sampled_logprob is not None for c in gen.completions)
+    engine._sampled_lls.clear()
+    assert engine.keep_samples(prompt, gen.completions) == len(gen.completions)
+    before = dict(engine.loglik_tokens)
+    again = loop_thread.run(engine.loglikelihoods(prompt, texts))
+    assert again == got and engine.loglik_tokens["prompt"] == before["prompt"]

@@ -190,7 +190,11 @@ async def collect(
         hit = cache.get(kind, key)
         if hit is not None:
             bar.update(1)
-            return _gen_from(hit), key
+            g = _gen_from(hit)
+            keep = getattr(engine, "keep_samples", None)
+            if keep is not None:  # the loglik RM scores cached samples without an engine pass
+                keep(it.prompt, g.completions)
+            return g, key
         async with sem:
             t = time.perf_counter()
             try:

@@ -205,7 +205,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"sampling, {v['engine_passes']} by an engine pass"
                 for rm, v in sources.items()
             )
-            + " (samples read from the disk cache have no kept logprobs).",
+            + " (samples read from the disk cache bring their kept logprobs back; caches "
+            "written before they were stored do not).",
             "",
         ]
     rob = r.get("robustness", {})
