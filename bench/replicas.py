@@ -149,7 +149,7 @@ async def _decisions(url: str, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from laser.server.pg_local import LocalPostgres
+    from laser.server.pg_local import LocalPostgres, private_root
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rate", type=float, default=20.0, help="feedback per second")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="laser-replicas-"))
-    pg = LocalPostgres(Path(tempfile.mkdtemp(prefix="laser-pg-")))
+    pg = LocalPostgres(private_root())
     pg.start()
     procs: list[subprocess.Popen[bytes]] = []
     try:

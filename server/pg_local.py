@@ -40,6 +40,15 @@ def find_binary(name: str) -> Path:
     )
 
 
+def private_root() -> Path:
+    """A new folder for a server's data, which the `postgres` user can reach when we run as
+    root: directly under /tmp (TMPDIR may sit inside a folder only root can enter)."""
+    import tempfile
+
+    base = "/tmp" if Path("/tmp").is_dir() else None
+    return Path(tempfile.mkdtemp(prefix="laser-pg-", dir=base))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,8 +57,8 @@ def _free_port() -> int:
 
 class LocalPostgres:
     def __init__(self, root: Path, port: int | None = None) -> None:
-        """`root`: a folder of its own (under root, one the `postgres` user can reach: e.g.
-        `tempfile.mkdtemp()` directly under /tmp)."""
+        """`root`: a folder of its own (under root, one the `postgres` user can reach, as
+        `private_root()` makes)."""
         self.root = root
         self.data = root / "data"
         self.port = port or _free_port()

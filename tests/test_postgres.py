@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ import pytest
 
 from laser.server.cli import main as cli_main
 from laser.server.ope import read_log
-from laser.server.pg_local import LocalPostgres
+from laser.server.pg_local import LocalPostgres, private_root
 from tests.conftest import MODEL_CACHE, ROOT, LiveServer, free_port, make_settings
 
 RMS = [
@@ -37,7 +36,7 @@ PROMPTS = ["What is 4 + 9?", "Who wrote the letter?", "Name a colour.", "What is
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[LocalPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="laser-pg-"))
+    root = private_root()
     pg = LocalPostgres(root)
     pg.start()
     yield pg
@@ -315,7 +314,7 @@ def test_database_outage_is_a_clean_503_and_the_replica_recovers(
 ) -> None:
     """Its own PostgreSQL, stopped mid-service: nothing is acknowledged that was not
     committed (503 in the error shape, /health degraded), and service resumes by itself."""
-    root = Path(tempfile.mkdtemp(prefix="laser-pg-"))
+    root = private_root()
     pg = LocalPostgres(root)
     pg.start()
     live = None
