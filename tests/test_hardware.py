@@ -102,6 +102,7 @@ def test_cpu_thread_binding_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_cpu_binding("auto", 2) == "all" and resolve_cpu_binding("auto", 4) == "all"
     assert resolve_cpu_binding("auto", 64) == "vllm"
     assert resolve_cpu_binding("0-3", 2) == "0-3"
+    assert load_settings().engine.cpu_threads_bind == "vllm"  # the default: vLLM's own
     for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
