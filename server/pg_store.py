@@ -21,7 +21,6 @@ on worker threads: the event loop never waits on the network.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +30,13 @@ import numpy as np
 
 from laser.server.store import (
     DECISION_COLUMNS,
+    DECISION_FIELDS,
     Decision,
     DuplicateFeedbackError,
     FeedbackRow,
     UnknownDecisionError,
     decision_from_row,
+    decision_values,
 )
 
 T = TypeVar("T")
@@ -123,25 +124,6 @@ def migrate(url: str) -> tuple[int, int]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
 
 
-def _row(d: Decision) -> tuple[Any, ...]:
-    return (
-        d.id,
-        d.created,
-        d.prompt,
-        d.task,
-        bool(d.has_document),
-        d.arm,
-        d.propensity,
-        d.selection,
-        np.asarray(d.context, dtype=np.float64).tobytes(),
-        json.dumps(d.scores),
-        d.chosen,
-        d.model,
-        d.drawn_arm,
-        None if d.probabilities is None else json.dumps(d.probabilities),
-    )
-
-
 def decision_from_pg_row(row: Any) -> Decision:
     """A `decisions` row (`DECISION_COLUMNS`) read from PostgreSQL as a `Decision`."""
     return decision_from_row((*row[:8], bytes(row[8]), *row[9:]))
@@ -200,8 +182,9 @@ class PgStore:
         (the serving code's one signal for it), a database fault `sqlite3.OperationalError`."""
 
         def insert(conn: Any) -> None:
-            marks = ", ".join(["%s"] * 14)
-            conn.execute(f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({marks})", _row(d))
+            marks = ", ".join(["%s"] * len(DECISION_FIELDS))
+            sql = f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({marks})"
+            conn.execute(sql, decision_values(d))
 
         await self._translated(insert)
 

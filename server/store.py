@@ -111,6 +111,29 @@ DECISION_COLUMNS = (
 _ADDED_COLUMNS = (("drawn_arm", "TEXT"), ("probabilities", "TEXT"))
 
 
+DECISION_FIELDS = tuple(c.strip() for c in DECISION_COLUMNS.split(","))
+
+
+def decision_values(d: Decision) -> tuple[Any, ...]:
+    """A decision as the values of `DECISION_COLUMNS`, in order (both stores write these)."""
+    return (
+        d.id,
+        d.created,
+        d.prompt,
+        d.task,
+        bool(d.has_document),
+        d.arm,
+        d.propensity,
+        d.selection,
+        np.asarray(d.context, dtype=np.float64).tobytes(),
+        json.dumps(d.scores),
+        d.chosen,
+        d.model,
+        d.drawn_arm,
+        None if d.probabilities is None else json.dumps(d.probabilities),
+    )
+
+
 def decision_from_row(row: Any) -> Decision:
     """A `decisions` row (all `DECISION_COLUMNS`, in order) as a `Decision`."""
     return Decision(
@@ -216,24 +239,9 @@ class Store:
 
     # -- decisions --------------------------------------------------------------------------
     def _insert_decision(self, d: Decision) -> None:
+        marks = ", ".join("?" * len(DECISION_FIELDS))
         self.conn.execute(
-            f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-            (
-                d.id,
-                d.created,
-                d.prompt,
-                d.task,
-                int(d.has_document),
-                d.arm,
-                d.propensity,
-                d.selection,
-                np.asarray(d.context, dtype=np.float64).tobytes(),
-                json.dumps(d.scores),
-                d.chosen,
-                d.model,
-                d.drawn_arm,
-                None if d.probabilities is None else json.dumps(d.probabilities),
-            ),
+            f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({marks})", decision_values(d)
         )
 
     def _insert_decisions(self, batch: list[Decision]) -> list[Exception | None]:
