@@ -1,11 +1,16 @@
 """Micro-benchmark: LinUCB select + update time, one core.
 
     python -m laser.bandit.bench            # d in {64, 384, 4096}, K in {2, 4, 8, 16}
-    python -m laser.bandit.bench --dims 64 384 --arms 8
+    python -m laser.bandit.bench --dims 64 384 --arms 8 --dtypes float64 float32
 
 Prints a Markdown table. The "re-invert" column times the reference code's way (solve A
 every step instead of Sherman-Morrison) at the same d and K, in the same run, and the
 ratio column compares the two.
+
+The "bound" column is what memory traffic alone costs a step: select reads the K stacked
+`A^-1` matrices once and update reads and writes one of them, (K + 2) d^2 numbers, at the
+read bandwidth measured in the same run over a buffer of the stack's size (so the cache
+level the stack lives in counts). No implementation of exact LinUCB can beat it.
 """
 
 from __future__ import annotations
@@ -29,13 +34,21 @@ def _time_per_call(fn: Callable[[], object], budget_s: float, min_calls: int = 3
     return (time.perf_counter() - start) / calls
 
 
-def _cell(d: int, k: int, budget_s: float) -> dict[str, float]:
+def _read_bandwidth(nbytes: int, dtype: str, budget_s: float) -> float:
+    """Bytes per second a dot product streams through a buffer of `nbytes`."""
+    import numpy as np
+
+    buf = np.ones(max(1, nbytes // np.dtype(dtype).itemsize), dtype=dtype)
+    return buf.nbytes / _time_per_call(lambda: np.dot(buf, buf), budget_s / 4)
+
+
+def _cell(d: int, k: int, dtype: str, budget_s: float) -> dict[str, float | str]:
     import numpy as np
 
     from laser.bandit import LinUCB, LinUCBConfig
 
     contexts = np.random.default_rng(0).normal(size=(64, d)) / np.sqrt(d)
-    bandit = LinUCB(LinUCBConfig(dim=d, alpha=0.1), [f"rm{i}" for i in range(k)])
+    bandit = LinUCB(LinUCBConfig(dim=d, alpha=0.1, dtype=dtype), [f"rm{i}" for i in range(k)])
     step = iter(range(10**12))
 
     def select_update() -> None:
@@ -58,15 +71,30 @@ def _cell(d: int, k: int, budget_s: float) -> dict[str, float]:
     t_sm = _time_per_call(select_update, budget_s)
     # Re-inverting 4096 x 4096 matrices takes seconds per step: skip those cells.
     t_inv = _time_per_call(reinvert, budget_s) if d <= 1024 else float("nan")
-    return {"d": d, "K": k, "sm_us": t_sm * 1e6, "inv_us": t_inv * 1e6}
+    itemsize = np.dtype(dtype).itemsize
+    bandwidth = _read_bandwidth(k * d * d * itemsize, dtype, budget_s)
+    bound = (k + 2) * d * d * itemsize / bandwidth
+    return {
+        "d": d,
+        "K": k,
+        "dtype": dtype,
+        "sm_us": t_sm * 1e6,
+        "inv_us": t_inv * 1e6,
+        "bound_us": bound * 1e6,
+        "gb_s": bandwidth / 1e9,
+    }
 
 
-def run(dims: list[int], arms: list[int], budget_s: float) -> list[dict[str, float]]:
+def run(
+    dims: list[int], arms: list[int], budget_s: float, dtypes: tuple[str, ...] = ("float64",)
+) -> list[dict[str, float | str]]:
     rows = []
     for d in dims:
         for k in arms:
-            rows.append(_cell(d, k, budget_s))
-            print(f"  d={d:5d} K={k:2d}: {rows[-1]['sm_us']:10.1f} us", file=sys.stderr, flush=True)
+            for dtype in dtypes:
+                rows.append(_cell(d, k, dtype, budget_s))
+                us = rows[-1]["sm_us"]
+                print(f"  d={d:5d} K={k:2d} {dtype}: {us:10.1f} us", file=sys.stderr, flush=True)
     return rows
 
 
@@ -74,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 384, 4096])
     parser.add_argument("--arms", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--dtypes", nargs="+", default=["float64"], choices=["float64", "float32"])
     parser.add_argument("--budget", type=float, default=0.5, help="seconds per cell")
     args = parser.parse_args(argv)
     if any(os.environ.get(k) != v for k, v in _ONE_CORE.items()):
@@ -81,13 +110,21 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.update(_ONE_CORE)
         argv = sys.argv[1:] if argv is None else argv
         os.execv(sys.executable, [sys.executable, "-m", "laser.bandit.bench", *argv])
-    rows = run(args.dims, args.arms, args.budget)
-    print("| d | K | select+update (us) | re-invert per step (us) | speed-up |")
-    print("|---:|---:|---:|---:|---:|")
+    rows = run(args.dims, args.arms, args.budget, tuple(args.dtypes))
+    print(
+        "| d | K | dtype | select+update (us) | memory bound (us) | x bound | read GB/s "
+        "| re-invert per step (us) | speed-up |"
+    )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        inv = "skipped" if r["inv_us"] != r["inv_us"] else f"{r['inv_us']:.1f}"
-        ratio = "" if r["inv_us"] != r["inv_us"] else f"{r['inv_us'] / r['sm_us']:.1f}x"
-        print(f"| {r['d']} | {r['K']} | {r['sm_us']:.1f} | {inv} | {ratio} |")
+        sm, inv_us = float(r["sm_us"]), float(r["inv_us"])
+        inv = "skipped" if inv_us != inv_us else f"{inv_us:.1f}"
+        ratio = "" if inv_us != inv_us else f"{inv_us / sm:.1f}x"
+        bound = float(r["bound_us"])
+        print(
+            f"| {r['d']} | {r['K']} | {r['dtype']} | {sm:.1f} | {bound:.1f} | {sm / bound:.1f}x "
+            f"| {float(r['gb_s']):.0f} | {inv} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

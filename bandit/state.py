@@ -7,7 +7,8 @@ File format `laser.bandit`, version 1 (numpy `.npz`, loaded with `allow_pickle=F
   `linucb`, `fixed`, `random`, `round_robin`, `percentile_squash`, `baseline_advantage`,
   and the rest is the object's `state_dict()["meta"]` (config, arm names, enabled flags,
   pull counts, reward sums, the generator's state; a baseline's weight and value).
-- one float64 array per entry of `state_dict()["arrays"]`; for LinUCB `a_inv` (K, d, d),
+- one array per entry of `state_dict()["arrays"]`, float64 unless said otherwise; for
+  LinUCB `a_inv` (K, d, d, in the config's `dtype`: float64 or float32),
   `b` (K, d), `theta` (K, d) and `region_pulls` (K, max(1, regions)), int64: rewarded tries
   per arm and warm-up region), arms in the order of `meta["arms"]`.
 

@@ -35,8 +35,10 @@ def restore_bandit(
             saved = state["meta"]["config"]
             if (saved["dim"], saved.get("regions", 0)) != (config.dim, config.regions):
                 raise StateError("the context changed (dimension or regions)")
+            # The configured precision wins over the saved one (arrays are converted).
+            saved = {**saved, "dtype": config.dtype}
             restored = LinUCB(LinUCBConfig(**saved))
-            restored.load_state_dict(state)
+            restored.load_state_dict({**state, "meta": {**state["meta"], "config": saved}})
             restored.config = config
             bandit, after = restored, seq
         except (StateError, KeyError, TypeError, ValueError) as exc:

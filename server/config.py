@@ -104,6 +104,11 @@ class BanditSettings(_Section):
     )
     seed: int = 0
     snapshot_every: int = Field(100, ge=1, description="feedbacks between bandit snapshots")
+    dtype: Literal["float64", "float32"] = Field(
+        "float64",
+        description="precision of LinUCB's A^-1 matrices: float32 halves their memory "
+        "traffic (about 2x faster select + update at large featurizer.dim)",
+    )
 
     def linucb(self, dim: int, regions: int, seed: int | None = None) -> LinUCBConfig:
         """The LinUCB these settings describe over a context of `dim` features whose first
@@ -116,6 +121,7 @@ class BanditSettings(_Section):
             seed=self.seed if seed is None else seed,
             warmup=self.warmup,
             regions=regions,
+            dtype=self.dtype,
         )
 
 
