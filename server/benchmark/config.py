@@ -55,6 +55,10 @@ class BenchConfig:
     doc_tokens: tuple[int, ...] = (1000, 4000, 8000)
     doc_requests: int = 1
     naive_hf: bool = True
+    # `realistic`: the configured RMs plus a sequence-classification RM as large as the
+    # policy (its weights, a fresh head), so that the ensemble costs what the paper's does;
+    # `served`: the configured RMs only.
+    portfolio: str = "realistic"
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -62,6 +66,8 @@ class BenchConfig:
             raise ValueError("n, max_tokens and rounds must be >= 1")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError("concurrency levels must be >= 1")
+        if self.portfolio not in ("realistic", "served"):
+            raise ValueError("portfolio must be 'realistic' or 'served'")
 
     @classmethod
     def quick_config(cls) -> BenchConfig:
@@ -76,6 +82,7 @@ class BenchConfig:
             ns_requests=1,
             doc_tokens=(400,),
             doc_requests=1,
+            portfolio="served",
             quick=True,
         )
 

@@ -37,6 +37,19 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "RMs the bandit picked in those rounds: "
         + ", ".join(f"{k} {v}" for k, v in counts.items()),
+    ]
+    sc = results["comparison"].get("scoring")
+    if sc:
+        per = ", ".join(f"{k} {_f(v)}" for k, v in sc["per_rm_ms"].items())
+        lines += [
+            "",
+            f"RM scoring per request (ms, mean of the rounds): LASeR as served (the one RM the "
+            f"bandit picked) {_f(sc['laser_served_ms'])}, the same RM in process "
+            f"{_f(sc['one_rm_in_process_ms'])}; the ensemble of {sc['k']} "
+            f"{_f(sc['ensemble_ms'])} (RMs run at once; {_f(sc['ensemble_sum_of_rms_ms'])} "
+            f"summed: {per}). LASeR / ensemble: {_f(sc['laser_vs_ensemble'], 2)}.",
+        ]
+    lines += [
         "",
         "| target | measured | goal | met |",
         "|---|---:|---|---|",
@@ -80,10 +93,11 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| document (target tokens) | document tokens | prompt tokens | server p50 (ms) "
-        "| engine alone p50 (ms) | server / engine | RM picked "
+        "| document (target tokens) | document tokens | prompt tokens "
+        "| NEW document: server p50 (ms) | engine alone p50 (ms) | server / engine "
+        "| same document again (cached): server (ms) | engine alone (ms) | RM picked "
         "| loglik RM on the samples: as served / from scratch (ms) | speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in results["doc_scaling"]:
         ll = (
@@ -95,6 +109,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {row['target_tokens']} | {row['document_tokens']} | {row['prompt_tokens']} | "
             f"{_f(row['server_p50_ms'])} | {_f(row['engine_p50_ms'])} | {_f(row['vs_floor'], 2)}x "
+            f"| {_f(row['server_cached_p50_ms'])} | {_f(row['engine_cached_p50_ms'])} "
             f"| {', '.join(row['rm_picked'])} | {ll} |"
         )
     return "\n".join(lines) + "\n"

@@ -49,6 +49,10 @@ class _Bench:
         # (client wall ms, reply) of every sequential short-prompt request: the overhead sample
         self.sequential: list[tuple[float, dict[str, Any]]] = []
         self.hf: Any = None
+        # RM scoring wall times (ms) in the side-by-side rounds: the one RM the bandit picked
+        # (in process), the ensemble (all RMs at once, as it runs) and each RM within it.
+        self.scoring: dict[str, list[float]] = {"one_rm": [], "ensemble": []}
+        self.per_rm: dict[str, list[float]] = {name: [] for name in self.rms}
         self._seq = 0
         self.log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
@@ -83,7 +87,8 @@ class _Bench:
     async def engine_rm(self, question: str, prompt: str, n: int, rm: str) -> int:
         gen = await self.engine_only(prompt, n)
         texts = [c.text for c in gen.completions]
-        scores = await self._score(rm, question, prompt, texts)
+        ms, scores = await timed(self._score(rm, question, prompt, texts))
+        self.scoring["one_rm"].append(ms)
         return int(np.argmax(scores))
 
     async def ensemble(self, question: str, prompt: str, n: int) -> int:
@@ -91,7 +96,14 @@ class _Bench:
 
         gen = await self.engine_only(prompt, n)
         texts = [c.text for c in gen.completions]
-        lists = await asyncio.gather(*(self._score(rm, question, prompt, texts) for rm in self.rms))
+
+        async def one(rm: str) -> list[float]:
+            ms, scores = await timed(self._score(rm, question, prompt, texts))
+            self.per_rm[rm].append(ms)
+            return list(scores)
+
+        ms, lists = await timed(asyncio.gather(*(one(rm) for rm in self.rms)))
+        self.scoring["ensemble"].append(ms)
         return int(np.argmax(normalized_mean(lists)))
 
     async def naive_loop(self, question: str, prompt: str, n: int, rm: str) -> int:
@@ -195,6 +207,7 @@ class _Bench:
                 f"  round {r + 1}/{cfg.rounds} (RM {rm}): "
                 + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in wall.items())
             )
+        served_scoring = [r["timings_ms"]["score"] for _, r in self.sequential[-cfg.rounds :]]
         base = statistics.fmean(wall["engine_rm"])
         floor = statistics.fmean(wall["engine"])
         rows = {
@@ -211,7 +224,30 @@ class _Bench:
             }
             for name, ms in wall.items()
         }
-        return {"rows": rows, "rm_picked": picked, "n": n, "rounds_ms": wall}
+        return {
+            "rows": rows,
+            "rm_picked": picked,
+            "n": n,
+            "rounds_ms": wall,
+            "scoring": self._scoring_summary(served_scoring),
+        }
+
+    def _scoring_summary(self, served: list[float]) -> dict[str, Any]:
+        """RM scoring time per request: LASeR's one RM against the ensemble's K."""
+        k = len(self.rms)
+        ensemble = statistics.fmean(self.scoring["ensemble"])
+        per_rm = {rm: statistics.fmean(ms) for rm, ms in self.per_rm.items() if ms}
+        laser = statistics.fmean(served)
+        return {
+            "k": k,
+            "laser_served_ms": laser,
+            "one_rm_in_process_ms": statistics.fmean(self.scoring["one_rm"]),
+            "ensemble_ms": ensemble,
+            "ensemble_sum_of_rms_ms": sum(per_rm.values()),
+            "per_rm_ms": per_rm,
+            "laser_vs_ensemble": laser / ensemble,
+            "goal": 1 / k + 0.10,
+        }
 
     async def _closed_loop(self, kind: str, c: int, total: int) -> tuple[list[float], int, float]:
         """`total` requests from `c` clients; (latencies of the answered, refused, seconds)."""
@@ -321,6 +357,7 @@ class _Bench:
         for target in cfg.doc_tokens:
             doc = make_document(tok, min(target, room))
             server, floor, rms = [], [], []
+            server_cached, floor_cached = [], []
             loglik: dict[str, list[float]] = {"reuse": [], "scratch": []}
             prompt_tokens, truncated = 0, False
             for _ in range(cfg.doc_requests):
@@ -335,9 +372,12 @@ class _Bench:
                 rms.append(data["reward_model"])
                 prompt_tokens = data["usage"]["prompt_tokens"]
                 truncated = truncated or data["document_truncated"]
+                # The same document again: its prefill comes from vLLM's prefix cache.
+                server_cached.append((await self.server(body))[0])
                 prompt = self.chat(format_documents(DOC_QUESTION, [self.tag(doc)]))
                 ms, gen = await timed(self.engine_only(prompt, cfg.n))
                 floor.append(ms)
+                floor_cached.append((await timed(self.engine_only(prompt, cfg.n)))[0])
                 await self._loglik_pair(prompt, [c.text for c in gen.completions], loglik)
             rows.append(
                 {
@@ -349,12 +389,17 @@ class _Bench:
                     "server_p50_ms": pct(server, 50),
                     "engine_p50_ms": pct(floor, 50),
                     "vs_floor": statistics.fmean(server) / statistics.fmean(floor),
+                    "server_cached_p50_ms": pct(server_cached, 50),
+                    "engine_cached_p50_ms": pct(floor_cached, 50),
+                    "cached_vs_floor": statistics.fmean(server_cached)
+                    / statistics.fmean(floor_cached),
                     **loglik_row(loglik),
                 }
             )
             self.log(
-                f"  document ~{target} tokens (prompt {prompt_tokens}): server "
-                f"{pct(server, 50):.0f} ms, engine {pct(floor, 50):.0f} ms"
+                f"  document ~{target} tokens (prompt {prompt_tokens}): new: server "
+                f"{pct(server, 50):.0f} ms, engine {pct(floor, 50):.0f} ms; cached: server "
+                f"{pct(server_cached, 50):.0f} ms, engine {pct(floor_cached, 50):.0f} ms"
                 + (
                     f"; loglik of {cfg.n}: {rows[-1]['loglik_reuse_ms']:.0f} ms as served, "
                     f"{rows[-1]['loglik_scratch_ms']:.0f} ms from scratch"
@@ -363,6 +408,26 @@ class _Bench:
                 )
             )
         return rows
+
+
+POLICY_RM = "policy-rm"
+
+
+def with_policy_sized_rm(settings: Settings) -> Settings:
+    """`settings` with an `hf` RM as large as the policy added (its weights under a fresh
+    head, `assets.policy_sized_reward_model`): what an RM of the paper's kind costs. Settings
+    that already have an `hf` or `vllm_pooling` RM are returned as they are."""
+    from pathlib import Path
+
+    from laser.server import assets
+    from laser.server.config import RewardModelSpec
+
+    if any(rm.kind in ("hf", "vllm_pooling") for rm in settings.reward_models):
+        return settings
+    model = Path(settings.engine.model) if settings.engine.model else None
+    path = assets.policy_sized_reward_model(settings.model_cache, model)
+    spec = RewardModelSpec(name=POLICY_RM, kind="hf", options={"path": str(path)})
+    return settings.model_copy(update={"reward_models": [*settings.reward_models, spec]})
 
 
 async def run_bench(
@@ -380,6 +445,8 @@ async def run_bench(
 
     own = services is None
     load_at_start = machine_info()["load_average_1m"]
+    if config.portfolio == "realistic":
+        settings = await asyncio.to_thread(with_policy_sized_rm, settings)
     svc = load_services(settings) if services is None else services
     bench = _Bench(config, settings, svc)
     with socket.socket() as s:

@@ -73,6 +73,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": ratio >= 3,
                 }
             )
+    sc = results["comparison"].get("scoring")
+    if sc:
+        out.append(
+            {
+                "target": f"RM scoring per request <= 1/K + 10% of the ensemble's (K={sc['k']})",
+                "measured": sc["laser_vs_ensemble"],
+                "goal": f"<= {sc['goal']:.2f}",
+                "met": sc["laser_vs_ensemble"] <= sc["goal"],
+            }
+        )
+    for row in results["concurrency"]:
+        if row["concurrency"] >= 16:
+            ratio = row["throughput_vs_engine"]
+            out.append(
+                {
+                    "target": f"throughput at concurrency {row['concurrency']} >= 0.95x the "
+                    "engine alone",
+                    "measured": ratio,
+                    "goal": ">= 0.95",
+                    "met": ratio >= 0.95,
+                }
+            )
     p50 = results["overhead"]["p50_ms"]
     out.append(
         {

@@ -74,7 +74,15 @@ class TrainConfig(BaseModel):
     model: str = Field("", description="policy model folder; empty = embedded SmolLM2-135M")
     output_dir: str = Field("runs/train", description="logs, pairs, checkpoints, plot")
     engine: Literal["vllm", "hf"] = Field(
-        "vllm", description="sampler: vLLM with the LoRA adapter loaded each step, or HF generate"
+        "vllm",
+        description="sampler: vLLM (following the policy as `handover` says), or HF "
+        "generate on the model being trained",
+    )
+    handover: Literal["merged", "lora"] = Field(
+        "merged",
+        description="how the vLLM sampler follows the policy after each step: `merged` "
+        "(the adapter merged into the base weights, reloaded in place: base-model speed) or "
+        "`lora` (the adapter through vLLM's LoRA path: about 4x slower generation on CPU)",
     )
     reward_models: list[RewardModelSpec] = Field(default_factory=default_reward_models)
     selector: Literal["laser", "fixed", "random", "sequential", "ensemble"] = Field(
@@ -108,7 +116,8 @@ class TrainConfig(BaseModel):
     vllm: EngineSettings = Field(
         default_factory=EngineSettings,
         description="the vLLM sampler: the server's [engine] section (dtype, kv_cache_gib, "
-        "enforce_eager, ...); `model`, `max_model_len` and `seed` of the run win, LoRA is on",
+        "enforce_eager, ...); `model`, `max_model_len` and `seed` of the run win, LoRA is on "
+        "with `handover = lora`",
     )
     outbound_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK),

@@ -27,6 +27,7 @@ they would pass that state around.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -57,6 +58,7 @@ from laser.server.engine import Adapter, Sampling
 from laser.server.prompts import format_documents
 from laser.server.rewards import Query, normalized_mean
 from laser.server.runtime import write_atomic_text
+from laser.server.training import handover
 from laser.server.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -234,16 +236,23 @@ class Trainer:
             from laser.server.services import vllm_engine
 
             # The server's engine settings (dtype, KV cache, ...); the run fixes the context,
-            # the seed and LoRA (on, at the rank it trains: the sampler follows the adapter).
+            # the seed and LoRA (on, at the rank it trains, when the adapter is handed over).
+            with_lora = cfg.handover == "lora"
             settings = cfg.vllm.model_copy(
                 update={
                     "max_model_len": cfg.max_model_len,
                     "seed": cfg.seed,
-                    "enable_lora": True,
+                    "enable_lora": with_lora,
                     "max_lora_rank": max(cfg.lora_r, 8),
                 }
             )
             self.engine = vllm_engine(settings, self.model_path, self.model_name)
+            if not with_lora and not hasattr(self.engine, "load_weights"):
+                raise TrainingError(
+                    "handover = 'merged' needs an in-process vLLM engine; use handover = 'lora'"
+                )
+        # The step whose weights the vLLM sampler holds (0: the base model's).
+        self._sampler_step = 0
         self.encoder = SentenceEncoder(cfg.featurizer.model or assets.minilm_path())
         # The server's featurizer, from the same settings: a seeded bandit means the same.
         self.featurizer = Featurizer.from_settings(self.encoder, cfg.featurizer)
@@ -372,10 +381,20 @@ class Trainer:
         bs = self.cfg.batch_size
         return [order[i : i + bs].tolist() for i in range(0, len(order), bs)]
 
-    def _current_adapter(self) -> Adapter | None:
-        """How the new weights reach vLLM: the LoRA adapter saved after each step is loaded
-        under a new id (vLLM caches adapters by id). HF generation uses the model itself."""
+    async def _current_adapter(self) -> Adapter | None:
+        """How the new weights reach vLLM (`handover.py`): `merged` reloads the merged weights
+        into the engine once per step (no adapter then); `lora` saves the adapter, which vLLM
+        loads under a new id (it caches adapters by id). HF generation uses the model itself."""
         if self.cfg.engine == "hf" or self.state.step == 0:
+            return None
+        if self.cfg.handover == "merged":
+            if self._sampler_step != self.state.step:
+                folder = self.out / "sampler" / f"rank-{self.acc.process_index}"
+                policy = self.acc.unwrap_model(self.model)
+                dtype = handover.torch_dtype(getattr(self.engine, "dtype", "float32"))
+                await asyncio.to_thread(handover.write_merged, policy, folder, dtype)
+                await self.engine.load_weights(str(folder))
+                self._sampler_step = self.state.step
             return None
         path = self.out / "adapters" / f"step-{self.state.step}"
         if not path.exists():
@@ -526,8 +545,8 @@ class Trainer:
         arms, x = self._choose(batch)
         sampling = Sampling(cfg.n, cfg.max_tokens, cfg.temperature)
         t_ad = time.perf_counter()
-        adapter = self._current_adapter()
-        t_adapter = time.perf_counter() - t_ad  # saving the new adapter for vLLM
+        adapter = await self._current_adapter()
+        t_adapter = time.perf_counter() - t_ad  # handing the new weights to vLLM
         # Several processes (accelerate launch): each samples and scores its share of prompts.
         world, rank = self.acc.num_processes, self.acc.process_index
         mine, my_arms = batch[rank::world], arms[rank::world]
@@ -595,7 +614,7 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         record.update(
             {
-                "adapter_save_s": round(t_adapter, 3),
+                "handover_s": round(t_adapter, 3),
                 "generate_s": round(t_gen, 3),
                 "step_s": round(elapsed, 3),
                 "pairs_per_s": round(len(pairs) / elapsed, 3),
@@ -658,7 +677,7 @@ class Trainer:
             return None
         prompts = [self._render(it) for it in self.held_out]
         gens = await self.engine.generate_batch(
-            prompts, Sampling(1, self.cfg.max_tokens, 0.0), self._current_adapter()
+            prompts, Sampling(1, self.cfg.max_tokens, 0.0), await self._current_adapter()
         )
         by_task: dict[str, list[bool]] = {}
         for it, gen in zip(self.held_out, gens, strict=True):
