@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from laser.server.coalesce import Coalescer
 from laser.server.outbound import LOOPBACK, check_url, guarded_client
 from laser.server.rewards import Query
 
@@ -86,28 +87,38 @@ class HFRewardModel:
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # Concurrent requests' candidates are scored together, one forward at a time.
+        self.batcher: Coalescer[str, float] = Coalescer(self._score_texts, max_items=64)
 
     def texts(self, query: Query, responses: Sequence[str]) -> list[str]:
         return rm_texts(self.tokenizer, query, responses)
 
-    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
+    def _score_texts(self, texts: list[str]) -> list[float]:
+        """One score per text, in order; batches of `batch_size` texts of similar length (by
+        characters), so that little of a batch is padding."""
         torch = self._torch
-        texts = self.texts(query, responses)
-        out: list[float] = []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [0.0] * len(texts)
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
+            for i in range(0, len(order), self.batch_size):
+                chunk = order[i : i + self.batch_size]
                 batch = self.tokenizer(
-                    texts[i : i + self.batch_size],
+                    [texts[j] for j in chunk],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
-                out.extend(self.model(**batch).logits[:, 0].float().cpu().tolist())
+                scores = self.model(**batch).logits[:, 0].float().cpu().tolist()
+                for j, value in zip(chunk, scores, strict=True):
+                    out[j] = float(value)
         return out
 
+    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        return self._score_texts(self.texts(query, responses))
+
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        return await asyncio.to_thread(self._score, query, responses)
+        return await self.batcher.submit(self.texts(query, responses))
 
 
 class RemoteRM:

@@ -62,6 +62,53 @@ def test_scores_match_a_direct_transformers_forward(tiny_rm: Path) -> None:
         assert score == pytest.approx(expected, abs=1e-4)  # padding in batches changes nothing
 
 
+def test_concurrent_requests_share_forward_passes(tiny_rm: Path) -> None:
+    """Requests scored at once go through the model together (fewer forward calls than
+    requests, one at a time), and each gets exactly its own candidates' scores."""
+    rm = HFRewardModel("tiny", str(tiny_rm), batch_size=4)
+    requests = [
+        (Query(question=f"What is {i} + {i}?", prompt=""), [str(2 * i), "no idea" * (i + 1)])
+        for i in range(6)
+    ]
+    alone = [rm._score(q, r) for q, r in requests]
+
+    async def together() -> list[list[float]]:
+        return await asyncio.gather(*(rm.score(q, r) for q, r in requests))
+
+    got = asyncio.run(together())
+    assert rm.batcher.items == 12 and rm.batcher.calls < len(requests)
+    for g, a in zip(got, alone, strict=True):
+        assert g == pytest.approx(a, abs=1e-4)
+
+
+def test_coalescer_errors_and_cancellation_reach_only_their_batch() -> None:
+    from laser.server.coalesce import Coalescer
+
+    def double(xs: list[int]) -> list[int]:
+        if -1 in xs:
+            raise ValueError("bad item")
+        return [2 * x for x in xs]
+
+    c: Coalescer[int, int] = Coalescer(double, max_items=2)
+
+    async def run() -> list[object]:
+        gone = asyncio.ensure_future(c.submit([5]))
+        await asyncio.sleep(0)  # queued...
+        gone.cancel()  # ...and given up before its batch ran: skipped, never computed
+        return await asyncio.gather(
+            c.submit([1, 2]),  # fills a batch (max_items=2)
+            c.submit([-1]),  # a batch of its own (max_items): only it fails
+            c.submit([3, 4, 5, 6]),  # larger than max_items: goes alone
+            c.submit([]),
+            return_exceptions=True,
+        )
+
+    first, failed, large, empty = asyncio.run(run())
+    assert first == [2, 4] and large == [6, 8, 10, 12] and empty == []
+    assert isinstance(failed, ValueError)
+    assert (c.calls, c.items) == (2, 6)  # [1, 2] and [3, 4, 5, 6]; the failed call uncounted
+
+
 def test_documents_reach_the_rm(tiny_rm: Path) -> None:
     rm = HFRewardModel("tiny", str(tiny_rm))
     query = Query(question="Who?", prompt="", documents=["Paul Graham wrote it."])

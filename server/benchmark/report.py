@@ -81,6 +81,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_f(s['p90_ms'])} | {_f(s['p99_ms'])} | {s['refused']} | {_f(e['rps'], 2)} | "
             f"{_f(row['throughput_vs_engine'], 2)}x |"
         )
+    lines.append("")
+    for row in results["concurrency"]:
+        if "rm_picked" in row:
+            lines.append(
+                f"- concurrency {row['concurrency']}: RMs picked "
+                + ", ".join(f"{k} {v}" for k, v in row["rm_picked"].items())
+                + f"; per request (mean): scoring {_f(row['score_ms_mean'])} ms, store "
+                f"{_f(row['store_ms_mean'], 1)} ms, generation {_f(row['generate_ms_mean'])} ms"
+            )
     lines += [
         "",
         "| n | server p50 (ms) | engine alone p50 (ms) | server / engine | server vs n=1 |",

@@ -249,8 +249,11 @@ class _Bench:
             "goal": 1 / k + 0.10,
         }
 
-    async def _closed_loop(self, kind: str, c: int, total: int) -> tuple[list[float], int, float]:
-        """`total` requests from `c` clients; (latencies of the answered, refused, seconds)."""
+    async def _closed_loop(
+        self, kind: str, c: int, total: int, replies: list[dict[str, Any]] | None = None
+    ) -> tuple[list[float], int, float]:
+        """`total` requests from `c` clients; (latencies of the answered, refused, seconds).
+        The server's answers are appended to `replies` when given."""
         cfg = self.cfg
         lat: list[float] = []
         refused = 0
@@ -262,10 +265,12 @@ class _Bench:
                 question = self.tag(PROMPTS[left.pop() % len(PROMPTS)])
                 if kind == "server":
                     body = {"prompt": question, "n": cfg.n, "max_tokens": cfg.max_tokens}
-                    ms, status, _ = await self.post(body)
+                    ms, status, data = await self.post(body)
                     if status != 200:  # 429/503 under back-pressure: counted, not retried
                         refused += 1
                         continue
+                    if replies is not None:
+                        replies.append(data)
                 else:
                     ms, _ = await timed(self.engine_only(self.chat(question), cfg.n))
                 lat.append(ms)
@@ -281,8 +286,9 @@ class _Bench:
         for c in cfg.concurrency:
             total = cfg.requests_at(c)
             row: dict[str, Any] = {"concurrency": c, "requests": total}
+            replies: list[dict[str, Any]] = []
             for kind in ("server", "engine"):
-                lat, refused, secs = await self._closed_loop(kind, c, total)
+                lat, refused, secs = await self._closed_loop(kind, c, total, replies)
                 row[kind] = {
                     "ok": len(lat),
                     "refused": refused,
@@ -291,6 +297,16 @@ class _Bench:
                     **summary_ms(lat),
                 }
             row["throughput_vs_engine"] = row["server"]["rps"] / row["engine"]["rps"]
+            # Where the server's time goes beyond generation: the RMs it picked and their
+            # scoring (an LM-pass RM such as `judge` takes engine time), and its own stages.
+            picks = [r["reward_model"] for r in replies]
+            row["rm_picked"] = {rm: picks.count(rm) for rm in sorted(set(picks))}
+            for stage in ("generate", "score", "featurize", "store"):
+                row[f"{stage}_ms_mean"] = (
+                    statistics.fmean(r["timings_ms"].get(stage, 0.0) for r in replies)
+                    if replies
+                    else 0.0
+                )
             self.log(
                 f"  concurrency {c}: server {row['server']['rps']:.2f} req/s, "
                 f"engine {row['engine']['rps']:.2f} req/s"
