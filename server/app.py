@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from laser.server.admission import Admission, BodyLimitMiddleware
 from laser.server.auth import require_admin, require_user
@@ -36,6 +38,45 @@ from laser.server.training.api import router as training_router
 from laser.server.training.jobs import JobManager
 
 log = logging.getLogger("laser.server")
+
+
+class RequestMetricsMiddleware:
+    """Counts requests (in flight; by route and status) and tells the client how long the
+    app took: a `Server-Timing: app;dur=<ms>` header, from the request's arrival here to its
+    response headers, so a client can tell the server's time from the network's. Plain ASGI:
+    Starlette's `@app.middleware("http")` wraps every request in extra tasks and streams."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+        start = time.perf_counter()
+        status = 500
+
+        async def timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                ms = (time.perf_counter() - start) * 1000
+                headers = list(message.get("headers", []))
+                headers.append((b"server-timing", f"app;dur={ms:.2f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if metrics is not None:
+            metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, timed)
+        finally:
+            if metrics is not None:
+                metrics.in_flight.dec()
+        if metrics is not None:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(path, str(status)).inc()
 
 
 class InsecureSettingsError(RuntimeError):
@@ -193,22 +234,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return _error(500, error_body(f"internal error: {type(exc).__name__}", "internal_error"))
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
-        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.in_flight.inc()
-        try:
-            response: Response = await call_next(request)
-        finally:
-            if metrics is not None:
-                metrics.in_flight.dec()
-        if metrics is not None:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(RequestMetricsMiddleware)
     # Outermost: refuses an announced Content-Length over the limit, and counts body bytes as
     # they arrive (chunked bodies have no Content-Length).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

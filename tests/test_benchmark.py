@@ -51,13 +51,16 @@ def test_quick_bench_produces_every_row(
     assert rows["engine"]["vs_floor"] == pytest.approx(1.0)
 
     o = results["overhead"]
-    assert o["requests"] == config.rounds + len(config.ns) * config.ns_requests
+    assert o["requests"] == 3  # from a client in another process (quick size)
+    inproc = results["overhead_in_process_client"]
+    assert inproc["requests"] == config.rounds + len(config.ns) * config.ns_requests
     assert set(o["parts_p50_ms"]) == {
         "prepare",
         "select",
         "store",
         "featurize_not_overlapped",
-        "http_json_client",
+        "app_outside_pipeline",  # from the server's Server-Timing header
+        "http_client",
     }
     assert [r["concurrency"] for r in results["concurrency"]] == list(config.concurrency)
     for r in results["concurrency"]:

@@ -189,7 +189,10 @@ def test_request_id_header_is_honoured_and_unique(server: LiveServer) -> None:
 
 
 def test_health_and_metrics(server: LiveServer) -> None:
-    post(server, "/generate", {"prompt": "Hi", "n": 1, "max_tokens": 2})
+    r = post(server, "/generate", {"prompt": "Hi", "n": 1, "max_tokens": 2})
+    # The app's own time, for telling it from the network's: at least the pipeline's.
+    name, _, dur = r.headers["server-timing"].partition(";dur=")
+    assert name == "app" and float(dur) >= r.json()["timings_ms"]["total"]
     health = httpx.get(server.url + "/health").json()
     assert health["model"] == "SmolLM2-135M-Instruct"
     assert set(health["reward_models"]) == DEFAULT_RMS

@@ -64,10 +64,11 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Server overhead (client wall time minus generation and scoring), {o['requests']} "
-        f"sequential requests: p50 {_f(o['p50_ms'], 1)} ms, p99 {_f(o['p99_ms'], 1)} ms. "
-        "Parts (p50): "
+        f"sequential requests from a client in another process: p50 {_f(o['p50_ms'], 1)} ms, "
+        f"p99 {_f(o['p99_ms'], 1)} ms. Parts (p50): "
         + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in o["parts_p50_ms"].items())
         + ".",
+        *_in_process(results),
         *_loglik_sources(results),
         "",
         "| concurrency | requests | server req/s | p50 (ms) | p90 (ms) | p99 (ms) | refused "
@@ -134,4 +135,16 @@ def _loglik_sources(results: dict[str, Any]) -> list[str]:
         f"logprobs kept while sampling ({src['share_from_generation']:.0%}), "
         f"{src['engine_passes']} by an engine pass (texts not sampled by this engine, and the "
         "from-scratch comparison rows).",
+    ]
+
+
+def _in_process(results: dict[str, Any]) -> list[str]:
+    o = results.get("overhead_in_process_client")
+    if not o:
+        return []
+    return [
+        "",
+        f"The same from the bench's own client, which shares the server's process and event "
+        f"loop ({o['requests']} requests of the rounds above): p50 {_f(o['p50_ms'], 1)} ms, "
+        f"p99 {_f(o['p99_ms'], 1)} ms.",
     ]

@@ -9,6 +9,7 @@ state around instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import statistics
 import sys
@@ -157,10 +158,16 @@ class _Bench:
 
     # .. the server over HTTP ....................................................................
     async def post(self, body: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+        """(client wall ms, status, reply); the reply gains `server_app_ms`, the app's own
+        time from its `Server-Timing` header (arrival to response headers)."""
         t = time.perf_counter()
         r = await self.http.post(self.url + "/generate", json=body)
         ms = (time.perf_counter() - t) * 1000
-        return ms, r.status_code, r.json()
+        data: dict[str, Any] = r.json()
+        timing = r.headers.get("server-timing", "")
+        if timing.startswith("app;dur="):
+            data["server_app_ms"] = float(timing.split("=", 1)[1])
+        return ms, r.status_code, data
 
     async def server(self, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         ms, status, data = await self.post(body)
@@ -341,6 +348,40 @@ class _Bench:
             row["server_vs_n1"] = row["server_p50_ms"] / rows[0]["server_p50_ms"]
         return rows
 
+    async def external_client(self, requests: int) -> list[tuple[float, dict[str, Any]]]:
+        """`requests` sequential short /generate calls from a client in ANOTHER process (as
+        real clients are): (client wall ms, reply with `server_app_ms`) each. The bench's own
+        client shares the server's process and event loop, which adds its parsing to what
+        looks like the server's overhead."""
+        script = (
+            "import json, sys, time, httpx\n"
+            "url, n, max_tokens, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), "
+            "int(sys.argv[4])\n"
+            "out = []\n"
+            "with httpx.Client(timeout=600) as c:\n"
+            "    for i in range(count + 1):\n"
+            "        body = {'prompt': f'({i}) ' + sys.argv[5 + i % (len(sys.argv) - 5)], "
+            "'n': n, 'max_tokens': max_tokens}\n"
+            "        t = time.perf_counter()\n"
+            "        r = c.post(url + '/generate', json=body)\n"
+            "        ms = (time.perf_counter() - t) * 1000\n"
+            "        r.raise_for_status()\n"
+            "        d = r.json()\n"
+            "        d['server_app_ms'] = float(r.headers['server-timing'].split('=', 1)[1])\n"
+            "        if i:  # the first one warms the connection\n"
+            "            out.append([ms, d])\n"
+            "print(json.dumps(out))\n"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, self.url, str(self.cfg.n), str(self.cfg.max_tokens),
+            str(requests), *[self.tag(p) for p in PROMPTS],
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"external client failed: {err.decode()[-2000:]}")
+        return [(float(ms), reply) for ms, reply in json.loads(out)]
+
     async def _loglik_pair(
         self, prompt: str, texts: list[str], out: dict[str, list[float]]
     ) -> None:
@@ -500,6 +541,8 @@ async def run_bench(
             ns = await bench.n_scaling()
             bench.log("document length")
             docs = await bench.doc_scaling()
+            bench.log("overhead seen by a client in another process")
+            external = await bench.external_client(20 if not config.quick else 3)
     finally:
         server.should_exit = True
         await serving
@@ -517,7 +560,8 @@ async def run_bench(
             "featurizer_dim": settings.featurizer.dim,
         },
         "comparison": comparison,
-        "overhead": overhead(bench.sequential),
+        "overhead": overhead(external),
+        "overhead_in_process_client": overhead(bench.sequential),
         "concurrency": levels,
         "n_scaling": ns,
         "doc_scaling": docs,
