@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _serving import free_port, wait_healthy  # bench/_serving.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -119,14 +121,9 @@ async def _through_server(url: str, docs: int) -> dict[str, Any]:
 
 
 def _server_run(bind: str, docs: int) -> dict[str, Any]:
-    import socket
     import tempfile
 
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     data = tempfile.mkdtemp(prefix="laser-bind-")
     env = {**os.environ, "LASER_ENGINE__CPU_THREADS_BIND": bind, "HF_HUB_OFFLINE": "1"}
     cache = ROOT / ".cache" / "models"
@@ -137,15 +134,7 @@ def _server_run(bind: str, docs: int) -> dict[str, Any]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                sys.exit(f"the server with {bind!r} exited")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(url, proc, f"the server with {bind!r} did not start")
         return asyncio.run(_through_server(url, docs))
     finally:
         proc.terminate()

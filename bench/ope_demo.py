@@ -17,23 +17,16 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from _serving import free_port, wait_healthy  # bench/_serving.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("arithmetic", "gsm8k", "longqa", "multidoc_qa")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _traffic(url: str, per_task: int, concurrency: int, seed: int) -> dict[str, int]:
@@ -86,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="where `laser-server ope` writes ope.md/json/png")
     args = p.parse_args(argv)
     data = Path(args.data_dir or tempfile.mkdtemp(prefix="laser-ope-"))
-    port = _port()
+    port = free_port()
     env = {**os.environ, "LASER_BANDIT__EPSILON": str(args.epsilon)}
     exe = str(Path(sys.executable).parent / "laser-server")
     cache = ROOT / ".cache" / "models"
@@ -96,15 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                sys.exit("the server did not start")
-            time.sleep(1)
+        wait_healthy(url, server, "the server did not start")
         t = time.monotonic()
         done = asyncio.run(_traffic(url, args.per_task, args.concurrency, args.seed))
         print(f"{done} in {time.monotonic() - t:.0f} s; data in {data}", file=sys.stderr)

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,9 @@ import time
 from pathlib import Path
 
 import httpx
+from _serving import free_port, wait_healthy  # bench/_serving.py
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mib(pid: int) -> float:
@@ -65,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
 
-    port, data = _port(), Path(tempfile.mkdtemp(prefix="laser-overload-"))
+    port, data = free_port(), Path(tempfile.mkdtemp(prefix="laser-overload-"))
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -86,16 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"server did not start; see {data / 'server.log'}")
-            time.sleep(1)
+        wait_healthy(url, proc, f"server did not start; see {data / 'server.log'}")
         body = {"prompt": "What is 2 + 3?", "n": 2, "max_tokens": 8}
         capacity = args.max_concurrent + args.max_queue
         print(

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _serving import wait_healthy  # bench/_serving.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RMS = ("arith", "agreement", "relevance")
@@ -59,19 +60,6 @@ def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
         stderr=log.open("wb"),
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
-        if proc.poll() is not None:
-            sys.exit(f"replica at {url} exited")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"replica at {url} did not start")
 
 
 async def _condition(
@@ -166,11 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         a = _serve(_config(root / "a.toml", root / "a", ports[0], store), root / "a.log")
         procs.append(a)
-        _wait(urls[0], a)
+        wait_healthy(urls[0], a, f"replica at {urls[0]} did not start")
         b_cfg = _config(root / "b.toml", root / "b", ports[1], store, engine=urls[0])
         b = _serve(b_cfg, root / "b.log")
         procs.append(b)
-        _wait(urls[1], b)
+        wait_healthy(urls[1], b, f"replica at {urls[1]} did not start")
         per = int(args.rate * args.seconds) + 10
         print(f"making {2 * per} decisions ...", file=sys.stderr)
         ids = asyncio.run(_decisions(urls[0], 2 * per))
