@@ -262,11 +262,11 @@ class LinUCB(ArmSet):
     def predict(self, x: npt.ArrayLike) -> dict[str, dict[str, float]]:
         """Each enabled arm's expectation, width and UCB for `x`; no draw, no side effect."""
         ctx = self._context(x)
+        low = self._low(ctx)
         out = {}
         for name in self.enabled_arms:
             k = self._index[name]
             mean = float(self._theta[k] @ ctx)
-            low = self._low(ctx)
             width = math.sqrt(max(float(low @ self._a_inv[k] @ low), 0.0))
             out[name] = {
                 "expectation": mean,

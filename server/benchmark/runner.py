@@ -193,6 +193,9 @@ class _Bench:
         """Each round: the server first (its RM pick fixes the RM of the others), then the
         alternatives in a rotating order, so slow drift of the machine spreads evenly."""
         cfg, n = self.cfg, self.cfg.n
+        # Scoring times from these rounds only (not the warm-up, which compiles and loads).
+        self.scoring = {"one_rm": [], "ensemble": []}
+        self.per_rm = {name: [] for name in self.rms}
         wall: dict[str, list[float]] = {k: [] for k in VARIANTS if k != "naive_hf" or cfg.naive_hf}
         picked: list[str] = []
         others = [k for k in wall if k != "server"]

@@ -247,10 +247,6 @@ class Trainer:
                 }
             )
             self.engine = vllm_engine(settings, self.model_path, self.model_name)
-            if not with_lora and not hasattr(self.engine, "load_weights"):
-                raise TrainingError(
-                    "handover = 'merged' needs an in-process vLLM engine; use handover = 'lora'"
-                )
         # The step whose weights the vLLM sampler holds (0: the base model's).
         self._sampler_step = 0
         self.encoder = SentenceEncoder(cfg.featurizer.model or assets.minilm_path())
