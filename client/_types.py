@@ -50,4 +50,5 @@ class Health(_Model):
     status: str
     model: str
     reward_models: dict[str, dict[str, object]]
-    counts: dict[str, int] = {}
+    counts: dict[str, int] | None = None  # None: the store is down, or the key was not sent
+    detail: str = "full"  # "public": a keyed server answering without the key

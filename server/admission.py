@@ -124,7 +124,8 @@ class Admission:
 
 
 def check_input_size(req: GenerateRequest, settings: Settings) -> None:
-    """Refuse (400 `input_too_large`, naming the field) a prompt or documents over the limits.
+    """Refuse (400 `input_too_large`, naming the field) a prompt, messages, reference or
+    documents over the limits.
 
     Checked before queueing: tokenizing megabytes of text would stall the event loop for
     everyone, and such a request could never fit the model anyway (documents are cut to fit,
@@ -133,6 +134,13 @@ def check_input_size(req: GenerateRequest, settings: Settings) -> None:
         check_input_size(GenerateRequest(prompt="x" * 10**6), settings)  # BadRequestError
     """
     if req.messages is not None:
+        if len(req.messages) > settings.max_messages:
+            raise BadRequestError(
+                f"{len(req.messages)} messages; this server takes at most "
+                f"{settings.max_messages} (max_messages)",
+                param="messages",
+                code="input_too_large",
+            )
         prompt_chars, param = sum(len(m.content) for m in req.messages), "messages"
     else:
         prompt_chars, param = len(req.prompt or ""), "prompt"
@@ -141,6 +149,13 @@ def check_input_size(req: GenerateRequest, settings: Settings) -> None:
             f"{param} has {prompt_chars} characters; this server takes at most "
             f"{settings.max_prompt_chars} (max_prompt_chars)",
             param=param,
+            code="input_too_large",
+        )
+    if req.reference is not None and len(req.reference) > settings.max_reference_chars:
+        raise BadRequestError(
+            f"reference has {len(req.reference)} characters; this server takes at most "
+            f"{settings.max_reference_chars} (max_reference_chars)",
+            param="reference",
             code="input_too_large",
         )
     docs = [req.document] if req.document is not None else list(req.documents or [])

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from laser.server.admission import Admission, BodyLimitMiddleware
 from laser.server.auth import require_admin, require_user
-from laser.server.config import RewardModelSpec, Settings
+from laser.server.config import RewardModelSpec, Settings, redact
 from laser.server.errors import (
     APIError,
     ServiceUnavailableError,
@@ -173,6 +173,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 log.warning("final snapshot failed: %s", exc)
             store.close()
             jobs.close()
+            reranker.close()
             await reranker.rms.aclose()  # the remote RMs' HTTP clients
             if own:
                 await svc.aclose()
@@ -221,9 +222,10 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.exception_handler(sqlite3.OperationalError)
     async def _store_down(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
         # Store calls the pipeline does not wrap itself (reads): still a clean 503.
-        log.warning("store error on %s: %s", request.url.path, exc)
+        why = redact(str(exc))
+        log.warning("store error on %s: %s", request.url.path, why)
         err = ServiceUnavailableError(
-            f"the store is unavailable ({exc}); retry later",
+            f"the store is unavailable ({why}); retry later",
             code="store_unavailable",
             headers={"Retry-After": str(settings.retry_after_s)},
         )

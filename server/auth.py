@@ -2,7 +2,8 @@
 is set, everything that changes or reveals the server's state needs it (admin, training,
 policy, feedback, the bandit routes: `require_admin`); generation (`/generate`, `/v1/*`)
 needs it when `protect_generate` is on (`require_user`). `/health` and `/metrics` stay open
-for load balancers and scrapers."""
+for load balancers and scrapers; with a key set, `/health` shows the learnt state (per-RM
+feedback, selections, errors, store counts, fault details) only to requests that carry it."""
 
 from __future__ import annotations
 
@@ -14,14 +15,21 @@ from laser.server.config import Settings
 from laser.server.errors import UnauthorizedError
 
 
-def check_key(request: Request) -> None:
-    """`Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+def has_key(request: Request) -> bool:
+    """Whether the request carries the server's API key (`Authorization: Bearer <key>` or
+    `X-API-Key: <key>`, compared in constant time); True when no key is configured."""
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
-        return
+        return True
     auth = request.headers.get("authorization", "")
     given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+    # Settings refuse an empty key, so an absent header can never match.
+    return hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode())
+
+
+def check_key(request: Request) -> None:
+    """A 401 unless the request carries the API key (see `has_key`)."""
+    if not has_key(request):
         raise UnauthorizedError(
             "missing or wrong API key",
             code="invalid_api_key",

@@ -51,7 +51,7 @@ def restore_bandit(
             bandit.disable_arm(name)
     replayed, last = 0, after
     for row in store.feedback_after(after):
-        if row.arm in bandit.arms and row.context.shape == (config.dim,):
+        if row.teaches and row.arm in bandit.arms and row.context.shape == (config.dim,):
             bandit.update(row.arm, row.context, row.reward)
             replayed += 1
         last = row.seq

@@ -17,12 +17,12 @@ def _serve(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from laser.server.app import build_app, http_server
-    from laser.server.config import settings_from_flags
+    from laser.server.config import config_error_text, settings_from_flags
 
     try:
         settings = settings_from_flags(args)
     except (ValidationError, OSError, ValueError) as exc:
-        sys.exit(f"laser-server: bad configuration: {exc}")
+        sys.exit(f"laser-server: bad configuration: {config_error_text(exc)}")
     problem = settings.exposure_problem()
     if problem is not None:
         sys.exit(f"laser-server: {problem}")
@@ -44,12 +44,12 @@ def _serve(args: argparse.Namespace) -> None:
 def _db(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from laser.server.config import settings_from_flags
+    from laser.server.config import config_error_text, settings_from_flags
 
     try:
         settings = settings_from_flags(args)
     except (ValidationError, OSError, ValueError) as exc:
-        sys.exit(f"laser-server: bad configuration: {exc}")
+        sys.exit(f"laser-server: bad configuration: {config_error_text(exc)}")
     url = args.url or settings.store.url
     if not url:
         print(f"SQLite store ({settings.store_path}): its schema is kept up to date at start")

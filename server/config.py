@@ -27,15 +27,29 @@ Environment: `LASER_PORT=9000`, `LASER_ENGINE__MODEL=/models/llama` (nested with
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from laser.bandit import LinUCBConfig
 from laser.server.outbound import LOOPBACK
+
+# Shortest API key accepted on a non-loopback bind (a guessable key is no key).
+MIN_PUBLIC_KEY_CHARS = 16
 
 
 class _Section(BaseModel):
@@ -48,7 +62,13 @@ class EngineSettings(_Section):
     url: str = Field("", description="remote: base URL of an OpenAI-compatible server")
     served_name: str = Field("", description="remote: the model name the server knows")
     tokenizer: str = Field("", description="remote: local tokenizer folder (default: model)")
-    api_key: str | None = Field(None, description="remote: bearer token for the server")
+    api_key: SecretStr | None = Field(
+        None,
+        description="remote: bearer token for the server (prefer api_key_env or "
+        "api_key_file: they keep the token out of config files and training jobs)",
+    )
+    api_key_env: str = Field("", description="remote: environment variable holding the token")
+    api_key_file: Path | None = Field(None, description="remote: file holding the token")
     max_model_len: int = Field(2048, ge=64)
     seed: int = 0
     dtype: str = Field(
@@ -74,6 +94,15 @@ class EngineSettings(_Section):
         "(POST /v1/policy); on CPU, likelihood RMs then score with a transformers copy",
     )
     max_lora_rank: int = Field(16, ge=1)
+
+    def bearer(self) -> str | None:
+        """The remote server's token, read now from wherever it is named (None: no token)."""
+        return resolve_secret(self.api_key, self.api_key_env, self.api_key_file, "engine.api_key")
+
+    def without_secrets(self) -> dict[str, Any]:
+        """These settings as a dict with no token value (where one is NAMED stays): what
+        training jobs copy, so no key reaches jobs.db or a checkpoint."""
+        return self.model_dump(exclude={"api_key"})
 
 
 class FeaturizerSettings(_Section):
@@ -164,6 +193,12 @@ class RewardModelSpec(_Section):
     ]
     options: dict[str, Any] = Field(default_factory=dict)
 
+    def storable_json(self) -> str:
+        """The spec as JSON without a token value (`options.api_key`): what the store keeps.
+        A token named by `api_key_env` / `api_key_file` stays usable after a restart."""
+        options = {k: v for k, v in self.options.items() if k != "api_key"}
+        return self.model_copy(update={"options": options}).model_dump_json()
+
 
 def default_reward_models() -> list[RewardModelSpec]:
     """The embedded portfolio: two specialists (arithmetic verifier, grounding checker), an
@@ -211,10 +246,28 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(65536, ge=1, description="prompt, or all messages together")
     max_document_chars: int = Field(1 << 20, ge=1, description="all documents together")
     max_documents: int = Field(64, ge=1)
-    api_key: str | None = Field(
+    max_messages: int = Field(
+        256, ge=1, description="chat messages in one request (each costs templating work)"
+    )
+    max_reference_chars: int = Field(
+        4096,
+        ge=1,
+        description="`reference` (the gold answer a request may carry to get `correct`): "
+        "answers are short; every candidate is compared with it",
+    )
+    openai_best_of: int = Field(
+        4,
+        ge=1,
+        description="candidates sampled for an OpenAI request that gives no `best_of`, so "
+        "unchanged OpenAI clients (n = 1) get reranking too; the reply still has the top `n`. "
+        "1 turns it off; at most n_max is used",
+    )
+    api_key: SecretStr | None = Field(
         None,
         description="when set, admin, training, policy, feedback and bandit routes need "
-        "`Authorization: Bearer <key>` (or `X-API-Key`)",
+        "`Authorization: Bearer <key>` (or `X-API-Key`); never empty, at least "
+        f"{MIN_PUBLIC_KEY_CHARS} characters when `host` is not loopback. Held as a secret: "
+        "no error, log line or status shows it",
     )
     api_key_file: Path | None = Field(
         None,
@@ -269,7 +322,19 @@ class Settings(BaseSettings):
             key = self.api_key_file.read_text(encoding="utf-8").strip()
             if not key:
                 raise ValueError(f"api_key_file {self.api_key_file} is empty")
-            self.api_key = key
+            self.api_key = SecretStr(key)
+        elif self.api_key is not None:
+            # `LASER_API_KEY=` (an empty variable or Kubernetes secret) must not read as "a
+            # key that everyone has": refuse it as loudly as a missing key on a public bind.
+            key = self.api_key.get_secret_value()
+            if not key.strip():
+                raise ValueError(
+                    "api_key is empty or only whitespace (LASER_API_KEY set to nothing?): "
+                    "unset it to serve on 127.0.0.1 without a key, or set a key of at least "
+                    f"{MIN_PUBLIC_KEY_CHARS} characters"
+                )
+            if key != key.strip():
+                self.api_key = SecretStr(key.strip())
         return self
 
     @model_validator(mode="after")
@@ -282,8 +347,19 @@ class Settings(BaseSettings):
 
     def exposure_problem(self) -> str | None:
         """Why serving with these settings would be unsafe (None: it is not): a non-loopback
-        `host` without an API key, unless `insecure_no_api_key` says so on purpose."""
-        if self.api_key is not None or self.insecure_no_api_key or is_loopback(self.host):
+        `host` without an API key (unless `insecure_no_api_key` says so on purpose), or with
+        one shorter than `MIN_PUBLIC_KEY_CHARS`."""
+        if is_loopback(self.host):
+            return None
+        if self.api_key is not None:
+            if len(self.api_key.get_secret_value()) >= MIN_PUBLIC_KEY_CHARS:
+                return None
+            return (
+                f"refusing to listen on {self.host} with an API key of fewer than "
+                f"{MIN_PUBLIC_KEY_CHARS} characters: it can be guessed. Use a longer one "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        if self.insecure_no_api_key:
             return None
         return (
             f"refusing to listen on {self.host} without an API key: anyone who reaches the "
@@ -309,6 +385,85 @@ class Settings(BaseSettings):
     def api_path_roots(self) -> list[Path]:
         """Where paths named over the API may point: `model_roots`, then the data dir."""
         return [*self.model_roots, self.data_dir]
+
+
+class SecretError(ValueError):
+    """A secret named by an `*_env` / `*_file` option cannot be read."""
+
+
+def resolve_secret(
+    value: SecretStr | str | None, env: str = "", file: str | Path | None = None, what: str = ""
+) -> str | None:
+    """A secret given by value, by environment variable name or by file (at most one),
+    read at the time of the call; None when none is given. Errors name where it was looked
+    for, never what was found.
+
+    >>> import os; os.environ["DEMO_TOKEN"] = "t0k3n"
+    >>> resolve_secret(None, env="DEMO_TOKEN")
+    't0k3n'
+    """
+    given = [v for v in (value, env, file) if v]
+    if len(given) > 1:
+        raise SecretError(f"{what}: give the value, an environment variable or a file, not two")
+    if isinstance(value, SecretStr):
+        return value.get_secret_value() or None
+    if value:
+        return value
+    if env:
+        found = os.environ.get(env, "").strip()
+        if not found:
+            raise SecretError(f"{what}: environment variable {env} is unset or empty")
+        return found
+    if file:
+        try:
+            found = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SecretError(f"{what}: cannot read {file}: {exc.strerror}") from None
+        if not found:
+            raise SecretError(f"{what}: {file} is empty")
+        return found
+    return None
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for errors, logs and status.
+
+    >>> redact_url("postgresql://laser:hunter2@db:5432/laser")
+    'postgresql://laser:***@db:5432/laser'
+    """
+    return re.sub(r"(?<=://)([^:/@\s]*):[^/\s]*@", r"\1:***@", url)
+
+
+def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
+    """`text` with URL passwords and every given secret value replaced by `***`.
+
+    >>> redact("cannot connect to postgresql://u:pw@h/db", ["pw"])
+    'cannot connect to postgresql://u:***@h/db'
+    """
+    text = re.sub(r"[a-z][a-z0-9+.\-]*://[^\s'\"]+", lambda m: redact_url(m.group(0)), text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def config_error_text(exc: Exception) -> str:
+    """A configuration error for the terminal: each field and what is wrong with it, never
+    the value that was given (it may be a key or a URL with a password).
+
+    >>> try:
+    ...     Settings(store={"url": "mysql://u:pw@h/db"})
+    ... except ValueError as exc:
+    ...     print(config_error_text(exc))
+    store: Value error, store.url must be empty (SQLite) or a postgresql:// URL
+    """
+    if isinstance(exc, ValidationError):
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{where}: {err['msg']}")
+        return redact("; ".join(lines))
+    return redact(str(exc))
 
 
 def is_loopback(host: str) -> bool:

@@ -66,6 +66,13 @@ class ConflictError(APIError):
     type = "conflict_error"
 
 
+class UnprocessableError(APIError):
+    """A well-formed request whose values cannot be used (as pydantic's 422s)."""
+
+    status = 422
+    type = "invalid_request_error"
+
+
 class TooManyRequestsError(APIError):
     status = 429
     type = "rate_limit_error"

@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
 
-`best_of` (or `n` when `best_of` is absent) candidates are sampled in one engine call and
-reranked by the RM the bandit picks; the top `n` come back, best first. Our extras sit
+`best_of` candidates (absent: the server's `openai_best_of`, default 4, or `n` if larger)
+are sampled in one engine call and reranked by the RM the bandit picks; the top `n` come
+back, best first, also with `stream=true`. Our extras sit
 under one `laser` key; extra request fields (the SDK's `extra_body`: `document`,
 `documents`, `document_policy`, `reward_model`, `task`, `reference`) ride in the body.
 
@@ -27,6 +28,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from laser.server.admission import check_input_size
+from laser.server.auth import has_key
+from laser.server.config import Settings
 from laser.server.errors import BadRequestError, ConflictError
 from laser.server.pipeline import Reranker
 from laser.server.protocol import (
@@ -101,13 +104,17 @@ class ChatCompletionRequest(_OpenAIBase):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-def _to_generate(body: _OpenAIBase, **input_: Any) -> GenerateRequest:
-    total = body.best_of if body.best_of is not None else body.n
+def _to_generate(body: _OpenAIBase, settings: Settings, **input_: Any) -> GenerateRequest:
+    """The native request an OpenAI one stands for. Without `best_of`, the server samples
+    `openai_best_of` candidates (at least `n`, at most `n_max`), so a client that knows
+    nothing of reranking still gets the best of several; with `stream=true` too, since the
+    events are sent once the answer is chosen anyway."""
+    if body.best_of is not None:
+        total = body.best_of
+    else:
+        total = max(body.n, min(settings.openai_best_of, settings.n_max))
     if total < body.n:
         raise BadRequestError(f"best_of ({total}) must be >= n ({body.n})", param="best_of")
-    if body.stream and body.best_of is not None and body.best_of != body.n:
-        # OpenAI refuses this combination too; kept for drop-in parity.
-        raise BadRequestError("best_of cannot be used with stream=true", param="best_of")
     try:
         return GenerateRequest(
             **input_,
@@ -223,7 +230,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise BadRequestError("send one prompt per request", param="prompt")
-    result = await run_generate(request, _to_generate(body, prompt=prompts[0], raw=True), "cmpl")
+    req = _to_generate(body, request.app.state.settings, prompt=prompts[0], raw=True)
+    result = await run_generate(request, req, "cmpl")
     full = _completion(result, body.n)
     if body.stream:
         include = body.stream_options is not None and body.stream_options.include_usage
@@ -257,7 +265,8 @@ def _chat_events(full: ChatCompletionResponse, usage: bool) -> Iterator[BaseMode
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    result = await run_generate(request, _to_generate(body, messages=body.messages), "chatcmpl")
+    req = _to_generate(body, request.app.state.settings, messages=body.messages)
+    result = await run_generate(request, req, "chatcmpl")
     full = ChatCompletionResponse(
         id=result.id,
         created=int(time.time()),
@@ -289,7 +298,10 @@ async def models(request: Request) -> ModelList:
             ModelCard(
                 id=adapter.name,
                 parent=reranker.engine.model_name,
-                laser=ModelCardExtras(live=True, adapter_path=adapter.path),
+                # Where the adapter lies on disk is for the operator, not every caller.
+                laser=ModelCardExtras(
+                    live=True, adapter_path=adapter.path if has_key(request) else None
+                ),
             )
         )
     return ModelList(data=data)

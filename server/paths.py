@@ -39,11 +39,12 @@ def confine(path: str | Path, roots: Sequence[Path]) -> Path:
     )
 
 
-# Options of each reward-model kind that name a local folder (the model, or its tokenizer).
+# Options of each reward-model kind that name a local path (the model, its tokenizer, a
+# token file).
 PATH_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": ("path",),
     "vllm_pooling": ("path",),
-    "remote": ("tokenizer",),
+    "remote": ("tokenizer", "api_key_file"),
 }
 
 

@@ -239,11 +239,12 @@ class PgStore:
 
     def _feedback_after(self, conn: Any, seq: int) -> list[FeedbackRow]:
         rows = conn.execute(
-            "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context FROM feedback f "
+            "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.selection "
+            "FROM feedback f "
             "JOIN decisions d ON d.id = f.decision_id WHERE f.seq > %s ORDER BY f.seq",
             (seq,),
         ).fetchall()
-        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(bytes(r[4]))) for r in rows]
+        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(bytes(r[4])), r[5]) for r in rows]
 
     def feedback_after(self, seq: int) -> list[FeedbackRow]:
         """Feedback with sequence number > `seq`, in commit order (blocking; start-up)."""
@@ -253,12 +254,17 @@ class PgStore:
         """`feedback_after`, off the event loop (replicas following each other)."""
         return await self._translated(lambda conn: self._feedback_after(conn, seq))
 
-    async def answered_prompts(self, limit: int) -> list[tuple[str, str | None]]:
+    async def answered_prompts(
+        self, limit: int, with_feedback: bool = True, since: float = 0.0, until: float = 1e18
+    ) -> list[tuple[str, str | None]]:
+        join = "JOIN feedback f ON f.decision_id = d.id " if with_feedback else ""
+
         def q(conn: Any) -> list[tuple[str, str | None]]:
             rows = conn.execute(
-                "SELECT prompt, max(task) FROM decisions GROUP BY prompt "
-                "ORDER BY max(created) DESC LIMIT %s",
-                (limit,),
+                f"SELECT d.prompt, max(d.task) FROM decisions d {join}"
+                "WHERE d.created >= %s AND d.created < %s GROUP BY d.prompt "
+                "ORDER BY max(d.created) DESC LIMIT %s",
+                (since, until, limit),
             ).fetchall()
             return [(str(p), t) for p, t in rows]
 

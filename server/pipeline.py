@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, cast
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 from laser.bandit import LinUCB, Selection, from_bytes, to_bytes
 from laser.server import answers
 from laser.server.bandit_store import restore_bandit
-from laser.server.config import RewardModelSpec, Settings
+from laser.server.config import RewardModelSpec, Settings, redact
 from laser.server.engine_api import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
     BadRequestError,
@@ -49,6 +50,7 @@ from laser.server.protocol import (
 from laser.server.rewards import Query, RewardModel
 from laser.server.rm_pool import AllRMsFailedError, RMPool
 from laser.server.store import (
+    NO_SELECTION,
     Decision,
     DuplicateFeedbackError,
     LogStore,
@@ -59,6 +61,10 @@ from laser.server.store import (
 log = logging.getLogger("laser.server")
 
 T = TypeVar("T")
+
+
+def _is_correct(text: str, reference: str, task: str | None) -> bool:
+    return answers.matches(text, reference, answers.answer_kind(task, reference))
 
 
 def _reason(exc: BaseException) -> str:
@@ -113,6 +119,7 @@ class Reranker:
         self._since_snapshot = 0
         self._follow_lock = asyncio.Lock()
         self._rm_rev = 0  # shared store: the newest RM change taken in
+        self._templating = ThreadPoolExecutor(1, thread_name_prefix="laser-templating")
         for name in disabled:
             if name in self.bandit.arms:
                 self.bandit.disable_arm(name)
@@ -128,11 +135,12 @@ class Reranker:
         try:
             result = await call
         except sqlite3.OperationalError as exc:
-            self.store_fault = f"{op}: {exc}"
+            why = redact(str(exc))  # a database URL in a driver's message loses its password
+            self.store_fault = f"{op}: {why}"
             self.metrics.store_errors.labels(op).inc()
-            log.warning("store %s failed: %s", op, exc)
+            log.warning("store %s failed: %s", op, why)
             raise ServiceUnavailableError(
-                f"the store could not save the {op} ({exc}); nothing was recorded, retry later",
+                f"the store could not save the {op} ({why}); nothing was recorded, retry later",
                 code="store_unavailable",
                 headers=self._retry_after(),
             ) from exc
@@ -158,6 +166,25 @@ class Reranker:
             out.append(f"store: {self.store_fault}")
         return out
 
+    def public_faults(self) -> list[str]:
+        """`faults()` without their details (error texts name hosts, ports, paths): what the
+        open `/health` of a server with an API key shows."""
+        out = [
+            f"reward model {name}: circuit {b.state}"
+            if b.state != "closed"
+            else f"reward model {name}: failing"
+            for name, b in self.rms.breakers.items()
+            if b.state != "closed" or b.consecutive
+        ]
+        out += [f"reward model {n}: unavailable" for n in self.unavailable]
+        if self.policy_fault is not None:
+            out.append("policy: not restored")
+        if self.engine_fault is not None:
+            out.append("engine: failing")
+        if self.store_fault is not None:
+            out.append("store: unavailable")
+        return out
+
     def prepare(self, req: GenerateRequest, max_tokens: int) -> Prepared:
         return prepare(req, self.engine, max_tokens, self.settings.document_policy)
 
@@ -180,7 +207,18 @@ class Reranker:
                 f"max_tokens={max_tokens} is above this server's limit of {s.max_tokens_limit}",
                 param="max_tokens",
             )
-        if req.reward_model is not None and req.reward_model not in self.rms:
+        forced = req.reward_model
+        if forced is not None and (
+            forced in self.unavailable
+            or (forced in self.bandit.arms and not self.bandit.is_enabled(forced))
+        ):
+            why = "could not be built" if forced in self.unavailable else "is disabled"
+            raise ConflictError(
+                f"reward_model {forced!r} {why}; enabled: {', '.join(self.bandit.enabled_arms)}",
+                param="reward_model",
+                code="reward_model_disabled",
+            )
+        if forced is not None and forced not in self.rms:
             raise BadRequestError(
                 f"unknown reward_model {req.reward_model!r}; available: "
                 f"{', '.join(self.rms.models)}",
@@ -245,7 +283,10 @@ class Reranker:
             raise ConflictError(f"request id {request_id!r} was used already", param="id")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        prep = self.prepare(req, max_tokens)
+        # Templating and tokenizing are CPU work proportional to the input: off the loop, on
+        # one thread, so requests never use the tokenizer at the same time.
+        loop = asyncio.get_running_loop()
+        prep = await loop.run_in_executor(self._templating, self.prepare, req, max_tokens)
         timings["prepare"] = time.perf_counter() - t0
         sampling = Sampling(n, max_tokens, req.temperature, req.top_p, req.stop)  # type: ignore[arg-type]
         featurize = asyncio.to_thread(
@@ -274,6 +315,8 @@ class Reranker:
         how = "forced" if req.reward_model is not None else "bandit"
         if used != order[0]:
             how = "fallback"
+        if len(set(texts)) == 1:  # one candidate, or all alike: the RM could not matter
+            how = NO_SELECTION
         # The logged policy's probability of the RM that scored: the draw's own propensity
         # for a bandit decision; for forced and fallback rows (marked by `how`, excluded by
         # estimators) what the bandit would have given it (0 when it was not eligible).
@@ -301,8 +344,11 @@ class Reranker:
         await self._timed(
             timings, "store", self._stored("decision", self.store.add_decision(decision))
         )
+        correct = None
+        if req.reference is not None:  # text comparison: CPU work, off the loop
+            correct = await asyncio.to_thread(_is_correct, texts[best], req.reference, req.task)
         timings["total"] = time.perf_counter() - t0
-        return self._respond(req, decision, prep, gen, timings)
+        return self._respond(req, decision, prep, gen, timings, correct)
 
     def _respond(
         self,
@@ -311,6 +357,7 @@ class Reranker:
         prep: Prepared,
         gen: Generation,
         timings: dict[str, float],
+        correct: bool | None,
     ) -> GenerateResponse:
         for stage, secs in timings.items():
             self.metrics.stage_seconds.labels(stage).observe(secs)
@@ -319,10 +366,6 @@ class Reranker:
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(completion_tokens)
         text = gen.completions[d.chosen].text
-        correct = None
-        if req.reference is not None:
-            kind = answers.answer_kind(req.task, req.reference)
-            correct = answers.matches(text, req.reference, kind)
         return GenerateResponse(
             id=d.id,
             text=text,
@@ -374,7 +417,9 @@ class Reranker:
                 f"feedback for {decision_id!r} was given already; the first one stands",
                 param="id",
             ) from None
-        # Durable now; the bandit update follows (a crash here is repaired by replay).
+        # Durable now; the bandit update follows (a crash here is repaired by replay). A
+        # decision where no RM could matter is kept with its feedback but teaches no RM.
+        teaches = decision.selection != NO_SELECTION
         if self.store.shared:
             # Replicas apply every feedback in commit order, this one's included, so they
             # all hold the same bandit. A failed read only delays it: the follower retries.
@@ -384,8 +429,9 @@ class Reranker:
                 log.warning("feedback %d committed; applying it waits for the store: %s", seq, exc)
             applied = self._feedback_seq >= seq and decision.arm in self.bandit.arms
         else:
-            applied = self._apply(decision.arm, decision.context, reward)
+            applied = teaches and self._apply(decision.arm, decision.context, reward)
             self._feedback_seq = seq
+        applied = applied and teaches
         self.metrics.feedback.labels(decision.arm).inc()
         self.metrics.feedback_reward.labels(decision.arm).observe(reward)
         await self._maybe_snapshot()
@@ -410,7 +456,8 @@ class Reranker:
             if any(r.arm not in self.bandit.arms for r in rows):
                 await self._sync_reward_models()  # an RM added on another replica
             for row in rows:
-                self._apply(row.arm, row.context, row.reward)
+                if row.teaches:
+                    self._apply(row.arm, row.context, row.reward)
                 self._feedback_seq = row.seq
 
     async def _sync_reward_models(self) -> None:
@@ -475,7 +522,7 @@ class Reranker:
                 f"cannot build {spec.name!r}: {type(exc).__name__}: {exc}"[:500], param="options"
             ) from exc
         await self._stored(
-            "reward_model", self.store.put_reward_model(spec.name, spec.model_dump_json(), True)
+            "reward_model", self.store.put_reward_model(spec.name, spec.storable_json(), True)
         )
         self.rms.add(spec.name, rm)
         self.bandit.add_arm(spec.name)
@@ -494,11 +541,11 @@ class Reranker:
         # The full spec is stored (options included), so the RM can be rebuilt from the row
         # after it leaves the config file.
         rows = {n: sj for n, sj, _ in await self._stored("read", self.store.reward_models())}
-        configured = {s.name: s.model_dump_json() for s in self.settings.reward_models}
+        configured = {s.name: s.storable_json() for s in self.settings.reward_models}
         spec_json = rows.get(name) or configured.get(name)
         if spec_json is None:  # built by the embedder without a spec (tests, tools)
             spec = {"name": name, "kind": self.rms.models[name].kind}
-            spec_json = RewardModelSpec.model_validate(spec).model_dump_json()
+            spec_json = RewardModelSpec.model_validate(spec).storable_json()
         await self._stored("reward_model", self.store.put_reward_model(name, spec_json, enabled))
         if name not in self.bandit.arms:
             return
@@ -557,6 +604,10 @@ class Reranker:
         blob, seq = to_bytes(self.bandit), self._feedback_seq
         await self._stored("snapshot", self.store.add_snapshot(seq, blob))
         self._since_snapshot = 0
+
+    def close(self) -> None:
+        """Stop the templating thread (at shutdown, after the last request)."""
+        self._templating.shutdown(wait=False, cancel_futures=True)
 
     def snapshot_sync(self) -> None:
         self.store.add_snapshot_sync(self._feedback_seq, to_bytes(self.bandit))

@@ -99,7 +99,11 @@ class GenerateResponse(BaseModel):
     score: float
     index: int = Field(description="index of the chosen candidate among the n")
     propensity: float
-    selection: Literal["bandit", "forced", "fallback"]
+    selection: Literal["bandit", "forced", "fallback", "none"] = Field(
+        description="bandit: the bandit drew the RM; forced: the request named it; fallback: "
+        "the drawn RM failed and the next scored; none: one candidate or all alike, so the "
+        "RM could not matter and feedback on this answer teaches no RM"
+    )
     model: str
     candidates: list[Candidate] | None = None
     usage: Usage
@@ -150,15 +154,17 @@ class PredictResponse(BaseModel):
 
 
 class ArmStatus(BaseModel):
-    """One RM as the bandit and the RM pool see it (`/health`, `/admin/reward-models`)."""
+    """One RM as the bandit and the RM pool see it (`/health`, `/admin/reward-models`). What
+    it learnt (`updates`, `selected`, `errors`, `mean_feedback`, `last_error`) is null in the
+    open `/health` of a server with an API key, for a request without the key."""
 
     enabled: bool
     available: bool = Field(
         True, description="false: the RM could not be built at start-up (see last_error)"
     )
-    updates: int = Field(description="rewarded decisions the bandit learnt from")
-    selected: int
-    errors: int
+    updates: int | None = Field(description="rewarded decisions the bandit learnt from")
+    selected: int | None
+    errors: int | None
     mean_feedback: float | None
     last_error: str | None
     circuit: Literal["closed", "open", "half_open"] | None = None
@@ -211,6 +217,12 @@ class StoreCounts(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
+    detail: Literal["full", "public"] = Field(
+        "full",
+        description="public: a server with an API key answering a request without it: what "
+        "a load balancer needs (status, engine, RM availability and circuits, admission); "
+        "faults without their details, no learnt state, no store counts",
+    )
     faults: list[str]
     model: str
     engine: EngineInfo
@@ -265,7 +277,7 @@ class LaserExtras(BaseModel):
 
     id: str = Field(description="the decision id, for POST /feedback")
     reward_model: str
-    selection: Literal["bandit", "forced", "fallback"]
+    selection: Literal["bandit", "forced", "fallback", "none"]
     propensity: float
     scores: list[float | None]
     chosen_index: int

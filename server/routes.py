@@ -5,15 +5,21 @@ The OpenAI-compatible routes are in `openai_api.py`, training jobs in `training/
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from laser.server.auth import require_admin, require_user
-from laser.server.config import RewardModelSpec, Settings
-from laser.server.errors import BadRequestError, ConflictError, ForbiddenError
+from laser.server.auth import has_key, require_admin, require_user
+from laser.server.config import RewardModelSpec, Settings, redact
+from laser.server.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    UnprocessableError,
+)
 from laser.server.openai_api import run_generate
 from laser.server.outbound import HostNotAllowedError, check_url
 from laser.server.paths import PathOptionError, confine_options
@@ -64,17 +70,26 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
 
 @native_router.get("/health")
 async def health(request: Request) -> HealthResponse:
+    """Open to load balancers. With an API key set, a request without it sees what routing
+    needs (status, engine, RM availability and circuits, admission) and nothing the bandit
+    learnt, no store counts and no fault details (they name hosts and ports)."""
     reranker = _reranker(request)
-    faults = reranker.faults()
-    counts: StoreCounts | None
+    full = has_key(request)
+    faults = reranker.faults() if full else reranker.public_faults()
+    counts: StoreCounts | None = None
     try:  # bounded: a probe must answer even while a remote store hangs
         counts = StoreCounts(**await asyncio.wait_for(reranker.store.counts(), 2.0))
     except sqlite3.Error as exc:
-        counts, faults = None, [*faults, f"store: {exc}"]
+        faults = [*faults, f"store: {redact(str(exc))}" if full else "store: unavailable"]
     except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
-        counts, faults = None, [*faults, "store: no answer within 2 s"]
+        faults = [*faults, "store: no answer within 2 s"]
+    arms = reranker.summary().arms
+    if not full:
+        hidden = dict.fromkeys(("updates", "selected", "errors", "mean_feedback", "last_error"))
+        arms = {name: arm.model_copy(update=hidden) for name, arm in arms.items()}
     return HealthResponse(
         status="degraded" if faults else "ok",
+        detail="full" if full else "public",
         faults=faults,
         model=reranker.engine.model_name,
         engine=EngineInfo(
@@ -82,8 +97,8 @@ async def health(request: Request) -> HealthResponse:
             dtype_reason=getattr(reranker.engine, "dtype_reason", None),
             cpu_threads_bind=getattr(reranker.engine, "cpu_threads_bind", None),
         ),
-        reward_models=reranker.summary().arms,
-        counts=counts,
+        reward_models=arms,
+        counts=counts if full else None,
         admission=AdmissionStatus(**request.app.state.admission.status()),
     )
 
@@ -108,6 +123,19 @@ async def metrics(request: Request) -> Response:
     )
 
 
+def check_no_secret(options: dict[str, object], param: str = "options.api_key") -> None:
+    """A 400 when an RM given over the API carries a token VALUE: it would be written to
+    the store; name where it lives instead (`api_key_env` or `api_key_file`)."""
+    if options.get("api_key"):
+        raise BadRequestError(
+            "a token sent over the API would be stored; put it in an environment variable or "
+            "a file of the server's and name it with options.api_key_env or "
+            "options.api_key_file",
+            param=param,
+            code="secret_not_allowed",
+        )
+
+
 def check_outbound(spec: RewardModelSpec, hosts: list[str], param: str = "options.url") -> None:
     """A 403 when `spec` would send requests to a host outside `outbound_hosts`."""
     for url in outbound_urls(spec):
@@ -128,6 +156,7 @@ async def admin_rms(request: Request) -> dict[str, ArmStatus]:
 @admin_router.post("/reward-models", status_code=201)
 async def admin_add_rm(spec: RewardModelSpec, request: Request) -> ArmStatus:
     settings: Settings = request.app.state.settings
+    check_no_secret(spec.options)
     try:  # folders named over the API must lie under model_roots or the data dir
         options = confine_options(spec.kind, spec.options, settings.api_path_roots)
     except PathOptionError as exc:
@@ -161,6 +190,25 @@ async def admin_snapshot(request: Request) -> SnapshotResponse:
     return SnapshotResponse(snapshot=True, feedback_seq=reranker.summary().feedback_seq)
 
 
+OPE_MAX_ALPHAS = 8
+
+
+def _ope_alphas(text: str) -> list[float]:
+    """The LinUCB widths `/admin/ope` replays: at most `OPE_MAX_ALPHAS` finite numbers >= 0
+    (each one is a full replay of the log), else a 422 naming `alpha`."""
+    try:
+        alphas = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        alphas = [math.nan]
+    if len(alphas) > OPE_MAX_ALPHAS or not all(math.isfinite(a) and a >= 0 for a in alphas):
+        raise UnprocessableError(
+            f"alpha: at most {OPE_MAX_ALPHAS} comma-separated finite numbers >= 0",
+            param="alpha",
+            code="validation_error",
+        )
+    return alphas
+
+
 @admin_router.get("/ope")
 async def admin_ope(request: Request, alpha: str = "0.1,2", bootstrap: int = 500) -> OPEReport:
     """Off-policy estimates of other RM-selection policies on this server's log (what
@@ -169,10 +217,7 @@ async def admin_ope(request: Request, alpha: str = "0.1,2", bootstrap: int = 500
 
     if not 100 <= bootstrap <= 5000:
         raise BadRequestError("bootstrap must be in [100, 5000]", param="bootstrap")
-    try:
-        alphas = [float(a) for a in alpha.split(",") if a.strip()]
-    except ValueError:
-        raise BadRequestError("alpha: comma-separated numbers", param="alpha") from None
+    alphas = _ope_alphas(alpha)
     settings: Settings = request.app.state.settings
 
     def run() -> OPEReport:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from laser.server import assets
-from laser.server.config import EngineSettings, RewardModelSpec, Settings
+from laser.server.config import EngineSettings, RewardModelSpec, Settings, resolve_secret
 from laser.server.engine_api import Engine
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.model_rms import HFRewardModel, RemoteRM, VLLMPoolingRM
@@ -75,6 +75,13 @@ def build_reward_model(
     if spec.kind == "remote":
         if "url" not in opts:
             raise ValueError("a `remote` reward model needs options.url")
+        # The token is read now from where the options name it; only the name is stored.
+        opts["api_key"] = resolve_secret(
+            opts.pop("api_key", None),
+            opts.pop("api_key_env", ""),
+            opts.pop("api_key_file", None),
+            f"reward model {spec.name}: options.api_key",
+        )
         return RemoteRM(spec.name, **opts, allowed_hosts=allowed_hosts)
     if spec.kind == "vllm_pooling":
         if "path" not in opts:
@@ -169,7 +176,7 @@ def load_services(settings: Settings) -> Services:
             model=e.served_name or name,
             tokenizer=e.tokenizer or model_path,
             max_model_len=e.max_model_len,
-            api_key=e.api_key,
+            api_key=e.bearer(),
             allowed_hosts=settings.outbound_hosts,
         )
         return Services(engine, SentenceEncoder(enc_path), settings.outbound_hosts)

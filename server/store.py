@@ -15,10 +15,11 @@ errors), which is why it runs past 400 lines; `pg_store.py` is the PostgreSQL tw
 Tables:
 - `decisions`: id, created, prompt, task, has_document, arm (the RM that scored), propensity,
   selection (`bandit`: drawn from the bandit's policy; `forced`: the request named the RM;
-  `fallback`: the drawn RM failed and the next one scored), context (float64 bytes), scores
-  (JSON list), chosen index, model, drawn_arm (the bandit's draw; null when forced),
-  probabilities (JSON: the bandit's policy over the eligible RMs for this context).
-  `propensity` is always that policy's probability of `arm`, also for forced and fallback
+  `fallback`: the drawn RM failed and the next one scored; `none`: the RM could not matter,
+  one candidate or all candidates the same text, so feedback on it teaches no RM), context
+  (float64 bytes), scores (JSON list), chosen index, model, drawn_arm (the bandit's draw;
+  null when forced), probabilities (JSON: the bandit's policy over the eligible RMs for this
+  context). `propensity` is always that policy's probability of `arm`, also for forced and fallback
   rows, which estimators exclude by `selection`.
 - `feedback`: seq (monotonic), decision id (unique: first feedback stands), reward, created
 - `snapshots`: seq, created, last feedback seq folded in, bandit state (laser.bandit bytes)
@@ -154,6 +155,10 @@ def decision_from_row(row: Any) -> Decision:
     )
 
 
+NO_SELECTION = "none"
+"""`Decision.selection` when no RM could matter (one candidate, or all of the same text)."""
+
+
 @dataclass(frozen=True)
 class FeedbackRow:
     seq: int
@@ -161,6 +166,12 @@ class FeedbackRow:
     reward: float
     arm: str
     context: np.ndarray
+    selection: str = "bandit"
+
+    @property
+    def teaches(self) -> bool:
+        """Whether the bandit learns from it: not when its RM could not matter (`none`)."""
+        return self.selection != NO_SELECTION
 
 
 class LogStore(Protocol):
@@ -173,7 +184,9 @@ class LogStore(Protocol):
     async def get_decision(self, decision_id: str) -> Decision | None: ...
     async def add_feedback(self, decision_id: str, reward: float) -> tuple[int, Decision]: ...
     def feedback_after(self, seq: int) -> list[FeedbackRow]: ...
-    async def answered_prompts(self, limit: int) -> list[tuple[str, str | None]]: ...
+    async def answered_prompts(
+        self, limit: int, with_feedback: bool = True, since: float = 0.0, until: float = 1e18
+    ) -> list[tuple[str, str | None]]: ...
     async def add_snapshot(self, feedback_seq: int, state: bytes) -> None: ...
     def add_snapshot_sync(self, feedback_seq: int, state: bytes) -> None: ...
     def latest_snapshot(self) -> tuple[int, bytes] | None: ...
@@ -352,23 +365,29 @@ class Store:
         """Feedback with sequence number > `seq`, oldest first, joined with its decision."""
         rows = self.run_sync(
             lambda: self.conn.execute(
-                "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context FROM feedback f "
+                "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.selection "
+                "FROM feedback f "
                 "JOIN decisions d ON d.id = f.decision_id WHERE f.seq > ? ORDER BY f.seq",
                 (seq,),
             ).fetchall()
         )
-        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(r[4])) for r in rows]
+        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(r[4]), r[5]) for r in rows]
 
-    async def answered_prompts(self, limit: int) -> list[tuple[str, str | None]]:
-        """The distinct questions answered (with a task hint, if any), newest first."""
+    async def answered_prompts(
+        self, limit: int, with_feedback: bool = True, since: float = 0.0, until: float = 1e18
+    ) -> list[tuple[str, str | None]]:
+        """The distinct questions answered between `since` and `until` (unix seconds), with a
+        task hint if any, newest first; with `with_feedback`, only those that got feedback."""
+        join = "JOIN feedback f ON f.decision_id = d.id " if with_feedback else ""
 
         def q() -> list[tuple[str, str | None]]:
             return [
                 (str(p), t)
                 for p, t in self.conn.execute(
-                    "SELECT prompt, MAX(task) FROM decisions GROUP BY prompt "
-                    "ORDER BY MAX(created) DESC LIMIT ?",
-                    (limit,),
+                    f"SELECT d.prompt, MAX(d.task) FROM decisions d {join}"
+                    "WHERE d.created >= ? AND d.created < ? GROUP BY d.prompt "
+                    "ORDER BY MAX(d.created) DESC LIMIT ?",
+                    (since, until, limit),
                 ).fetchall()
             ]
 

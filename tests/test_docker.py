@@ -61,7 +61,7 @@ def test_config_parses_and_every_key_is_a_setting() -> None:
     assert settings.exposure_problem() is not None
     env = compose()["services"]["laser"]["environment"]
     assert env["LASER_API_KEY"].startswith("${LASER_API_KEY:?")
-    assert load_settings(CONFIG, api_key="k").exposure_problem() is None
+    assert load_settings(CONFIG, api_key="k" * 16).exposure_problem() is None
     assert str(settings.data_dir) == "/var/lib/laser"
     assert [rm.name for rm in settings.reward_models] == [rm["name"] for rm in raw["reward_models"]]
     for section in ("engine", "featurizer", "bandit"):
@@ -176,7 +176,7 @@ def test_replicas_profile_shares_one_database_behind_nginx() -> None:
         assert r["depends_on"]["postgres"]["condition"] == "service_healthy"
     # The URL the replicas get is one the server accepts.
     url = replicas[0]["environment"]["LASER_STORE__URL"].replace("${LASER_PG_PASSWORD}", "pw")
-    assert load_settings(CONFIG, api_key="k", store={"url": url}).store.url == url
+    assert load_settings(CONFIG, api_key="k" * 16, store={"url": url}).store.url == url
     assert c["postgres"]["environment"]["POSTGRES_DB"] == "laser"
     # nginx: its config is mounted from a file that exists and names both replicas.
     proxy = c["proxy"]

@@ -32,7 +32,7 @@ def test_non_loopback_without_a_key_is_refused_unless_said_insecure(tmp_path: Pa
     assert load_settings(host="::1").exposure_problem() is None
     problem = load_settings(host="0.0.0.0").exposure_problem()
     assert problem is not None and "API key" in problem and "insecure_no_api_key" in problem
-    assert load_settings(host="0.0.0.0", api_key="k").exposure_problem() is None
+    assert load_settings(host="0.0.0.0", api_key="k" * 16).exposure_problem() is None
     assert load_settings(host="0.0.0.0", insecure_no_api_key=True).exposure_problem() is None
     # `serve` stops before loading anything, with the reason (nothing is bound).
     with pytest.raises(SystemExit) as stop:
@@ -42,9 +42,11 @@ def test_non_loopback_without_a_key_is_refused_unless_said_insecure(tmp_path: Pa
 
 def test_api_key_from_a_secret_file(tmp_path: Path) -> None:
     secret = tmp_path / "api_key"
-    secret.write_text("from-file\n")
+    secret.write_text("from-file-0123456789\n")
     settings = load_settings(host="0.0.0.0", api_key_file=secret)
-    assert settings.api_key == "from-file" and settings.exposure_problem() is None
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "from-file-0123456789"
+    assert settings.exposure_problem() is None
     (tmp_path / "empty").write_text("  \n")
     with pytest.raises(ValueError, match="empty"):
         load_settings(api_key_file=tmp_path / "empty")

@@ -99,24 +99,41 @@ def test_jobs_train_then_serve_the_adapter(
         models = c.get("/v1/models").json()["data"]
         assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct", job["id"]]
         assert models[1]["laser"]["live"] and not models[0]["laser"]["live"]
+        assert "adapter_path" not in models[1]["laser"]  # on-disk paths are for key holders
+        keyed = c.get("/v1/models", headers=KEY).json()["data"]
+        assert Path(keyed[1]["laser"]["adapter_path"], "adapter_config.json").exists()
         gen = c.post("/generate", json={"prompt": "What is 3 + 4?", "n": 2, "max_tokens": 8})
         assert gen.status_code == 200, gen.text
         r = c.post("/v1/policy", json={"path": "/etc"}, headers=KEY)
         assert r.status_code == 403
+        # A job id is looked up, never used as a path.
+        for bad in ("../../x", f"../{job['id']}", "job-nope"):
+            r = c.post("/v1/policy", json={"job_id": bad}, headers=KEY)
+            assert r.status_code == 404 and r.json()["error"]["param"] == "job_id", r.text
         r = c.post("/v1/policy", json={"base": True}, headers=KEY)
         assert r.status_code == 200 and r.json()["adapter"] is None
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["SmolLM2-135M-Instruct"]
 
         # A job seeded from what this server answered (its prompts and its bandit), then
         # cancelled: the job stops after its current step.
+        # By default only prompts whose answer got feedback seed it: open generation alone
+        # cannot choose what the policy learns.
         body = {**_job_body(iterations=50), "seed_from_server": True}
         del body["items"]
+        r = c.post("/v1/training/jobs", json=body, headers=KEY)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "seed_prompts", r.text
+        assert c.post("/feedback", json={"id": gen.json()["id"], "reward": 1}, headers=KEY)
+        c.post("/generate", json={"prompt": "Name a color.", "n": 2, "max_tokens": 4})
+        later = {**body, "seed_since": time.time() + 3600}
+        r = c.post("/v1/training/jobs", json=later, headers=KEY)
+        assert r.status_code == 400, r.text  # a window with nothing in it
         r = c.post("/v1/training/jobs", json=body, headers=KEY)
         assert r.status_code == 201, r.text
         long_id = r.json()["id"]
         job_dir = tmp_path / "data" / "training" / long_id
         seeded = (job_dir / "prompts.jsonl").read_text()
-        assert "What is 3 + 4?" in seeded
+        assert "What is 3 + 4?" in seeded and "Name a color." not in seeded
+        assert '"api_key"' not in (job_dir / "config.json").read_text()  # no token field
         assert (job_dir / "initial_bandit.npz").stat().st_size > 0
         _wait(c, long_id, {"running"})
         assert c.delete(f"/v1/training/jobs/{long_id}", headers=KEY).json()["state"] in {

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from laser.server.config import redact, redact_url
 from laser.server.store import DECISION_COLUMNS, Decision, decision_from_row
 
 FloatArray = np.ndarray
@@ -206,9 +207,11 @@ def _read_pg(url: str) -> list[LoggedDecision]:
             rows = conn.execute(f"SELECT {DECISION_COLUMNS} FROM decisions ORDER BY created")
             decisions = [decision_from_pg_row(r) for r in rows]
     except psycopg.errors.UndefinedTable:
-        raise LogError(f"{url} is not a laser-server database (no decisions table)") from None
-    except psycopg.Error as exc:
-        raise LogError(f"cannot read {url}: {exc}") from None
+        raise LogError(
+            f"{redact_url(url)} is not a laser-server database (no decisions table)"
+        ) from None
+    except psycopg.Error as exc:  # messages and the URL may carry the password
+        raise LogError(f"cannot read {redact_url(url)}: {redact(str(exc))}") from None
     return [LoggedDecision(**vars(d), reward=rewards.get(d.id)) for d in decisions]
 
 
@@ -233,7 +236,7 @@ def read_log(source: str | Path) -> LogData:
     if data.n == 0:
         left = ", ".join(f"{v} {k}" for k, v in sorted(data.excluded.items())) or "none at all"
         raise LogError(
-            f"{source}: no decision drawn by the bandit has feedback yet (decisions left out: "
-            f"{left}); serve with feedback first"
+            f"{redact_url(str(source))}: no decision drawn by the bandit has feedback yet "
+            f"(decisions left out: {left}); serve with feedback first"
         )
     return data

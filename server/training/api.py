@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +45,18 @@ class TrainingJobRequest(TrainConfig):
         False,
         description="train on the prompts this server has answered, starting from its bandit",
     )
+    seed_prompts: Literal["feedback", "all"] = Field(
+        "feedback",
+        description="with seed_from_server, which answered prompts: `feedback` (default): only "
+        "those whose answer got feedback, which needs the API key when one is set, so open "
+        "generation alone cannot choose what the policy learns; `all`: every answered prompt",
+    )
+    seed_since: float | None = Field(
+        None, description="with seed_from_server: only prompts answered at or after (unix s)"
+    )
+    seed_until: float | None = Field(
+        None, description="with seed_from_server: only prompts answered before (unix s)"
+    )
 
 
 class PolicyRequest(BaseModel):
@@ -70,27 +82,37 @@ def _confined(value: str, param: str, roots: list[Path]) -> str:
         raise BadRequestError(f"{param} is not a usable path: {exc}", param=param) from None
 
 
-async def _seed_items(request: Request, limit: int = 10_000) -> tuple[list[Any], Any]:
-    """The distinct prompts this server answered (newest first) and a copy of its bandit."""
+async def _seed_items(
+    request: Request, body: TrainingJobRequest, limit: int = 10_000
+) -> tuple[list[Any], Any]:
+    """The distinct prompts this server answered that `body` selects (newest first) and a
+    copy of its bandit."""
     from laser.server.data import PromptItem
 
     reranker = request.app.state.reranker
-    rows = await reranker.store.answered_prompts(limit)
+    rows = await reranker.store.answered_prompts(
+        limit,
+        with_feedback=body.seed_prompts == "feedback",
+        since=body.seed_since if body.seed_since is not None else 0.0,
+        until=body.seed_until if body.seed_until is not None else 1e18,
+    )
     return [PromptItem(prompt=p, task=t) for p, t in rows], reranker.bandit_copy()
 
 
 @router.post("/training/jobs", status_code=201)
 async def submit_job(body: TrainingJobRequest, request: Request) -> TrainingJob:
     from laser.server.data import DataError, parse_item
-    from laser.server.routes import check_outbound
+    from laser.server.routes import check_no_secret, check_outbound
 
     settings = request.app.state.settings
     roots = settings.api_path_roots
-    fields = body.model_dump(exclude={"items", "seed_from_server"})
+    seed_fields = {"seed_from_server", "seed_prompts", "seed_since", "seed_until"}
+    fields = body.model_dump(exclude={"items", *seed_fields})
     for key in ("prompts", "eval_prompts", "model"):
         if fields[key]:
             fields[key] = _confined(fields[key], key, roots)
     for i, rm in enumerate(fields["reward_models"]):
+        check_no_secret(rm["options"], f"reward_models.{i}.options.api_key")
         try:
             rm["options"] = confine_options(rm["kind"], rm["options"], roots)
         except PathOptionError as exc:
@@ -103,7 +125,13 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> TrainingJob:
         )
     fields["outbound_hosts"] = settings.outbound_hosts  # the job calls what the server may
     if "vllm" not in body.model_fields_set:  # sample as the server's engine does (dtype, ...)
-        fields["vllm"] = settings.engine.model_dump()
+        fields["vllm"] = settings.engine.without_secrets()  # no token in jobs.db
+    elif body.vllm.api_key is not None:
+        raise BadRequestError(
+            "vllm.api_key would be stored with the job; name it with vllm.api_key_env",
+            param="vllm.api_key",
+            code="secret_not_allowed",
+        )
     # Contexts must match the server's, so a bandit seeded from it means the same thing;
     # the bandit runs as the server's (alpha, epsilon, warm-up) unless the job sets it.
     fields["featurizer"] = settings.featurizer.model_dump()
@@ -113,9 +141,13 @@ async def submit_job(body: TrainingJobRequest, request: Request) -> TrainingJob:
     if body.seed_from_server:
         if body.items is not None or body.prompts:
             raise BadRequestError("seed_from_server takes no items or prompts", param="items")
-        items, bandit = await _seed_items(request)
+        items, bandit = await _seed_items(request, body)
         if not items:
-            raise BadRequestError("this server has answered no prompts yet", param="items")
+            which = "with feedback " if body.seed_prompts == "feedback" else ""
+            raise BadRequestError(
+                f"this server has answered no prompts {which}in that window yet",
+                param="seed_prompts",
+            )
         if body.selector != "laser":
             bandit = None
     elif body.items is not None:
@@ -189,21 +221,23 @@ async def set_policy(body: PolicyRequest, request: Request) -> PolicyView:
         reranker.use_adapter(None)
         log.info("serving the base model")
         return policy_view(request)
+    if body.job_id is not None:  # looked up first: an id is never a path of its own
+        jobs = _jobs(request)
+        try:
+            path = await jobs.call(jobs.adapter_path, body.job_id) or ""
+        except UnknownJobError:
+            raise NotFoundError(f"no training job {body.job_id!r}", param="job_id") from None
+        except FileNotFoundError as exc:
+            raise NotFoundError(
+                f"no adapter for job {body.job_id!r}: {exc}", param="job_id"
+            ) from None
+        name = body.name or body.job_id
     if not getattr(reranker.engine, "supports_adapters", False):
         raise ConflictError(
             "this engine was started without LoRA support; set engine.enable_lora = true",
             code="adapters_not_supported",
         )
-    if body.job_id is not None:
-        jobs = _jobs(request)
-        try:
-            path = await jobs.call(jobs.adapter_path, body.job_id) or ""
-        except (UnknownJobError, FileNotFoundError) as exc:
-            raise NotFoundError(
-                f"no adapter for job {body.job_id!r}: {exc}", param="job_id"
-            ) from None
-        name = body.name or body.job_id
-    else:
+    if body.job_id is None:
         assert body.path is not None
         path = _confined(body.path, "path", request.app.state.settings.api_path_roots)
         name = body.name or Path(path).name

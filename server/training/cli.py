@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> None:
                 }
             )
     except (ValidationError, OSError, ValueError) as exc:
-        sys.exit(f"laser-server train: bad configuration: {exc}")
+        from laser.server.config import config_error_text
+
+        sys.exit(f"laser-server train: bad configuration: {config_error_text(exc)}")
 
     stop = {"flag": False}
 

@@ -140,6 +140,15 @@ class TrainConfig(BaseModel):
     lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     seed: int = 0
 
+    def storable(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict with no token values (the sampler's `api_key`,
+        RMs' `options.api_key`): what checkpoints and the job table keep."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        data["vllm"].pop("api_key", None)
+        for rm in data["reward_models"]:
+            rm["options"].pop("api_key", None)
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _legacy_keys(cls, data: Any) -> Any:

@@ -131,13 +131,14 @@ class JobManager:
             bandit_path = str(out / "initial_bandit.npz")
             save_state(bandit_path, initial_bandit)
         cfg = cfg.model_copy(update={"output_dir": str(out / "run")})
-        (out / "config.json").write_text(cfg.model_dump_json(indent=1), encoding="utf-8")
+        stored = json.dumps(cfg.storable())  # no token value reaches the disk
+        (out / "config.json").write_text(json.dumps(cfg.storable(), indent=1), encoding="utf-8")
         now = time.time()
         # Recorded before the process starts: a crash in between is seen at restart.
         self.conn.execute(
             "INSERT INTO jobs (id, created, updated, state, attempts, config, initial_bandit) "
             "VALUES (?, ?, ?, 'running', 0, ?, ?)",
-            (job_id, now, now, cfg.model_dump_json(), bandit_path),
+            (job_id, now, now, stored, bandit_path),
         )
         self._start(job_id, resume=False)
         return self.get(job_id)
@@ -302,8 +303,12 @@ class JobManager:
         return [self.get(i) for i in ids]
 
     def adapter_path(self, job_id: str, must_exist: bool = True) -> str | None:
-        """The adapter of the job's latest checkpoint."""
+        """The adapter of the job's latest checkpoint. `UnknownJobError` unless `job_id` names
+        a job of this manager: an id is never used as a path before it is looked up."""
         from laser.server.training.checkpoint import latest_checkpoint
+
+        if self.conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            raise UnknownJobError(job_id)
 
         ckpt = latest_checkpoint(self.job_dir(job_id) / "run" / "checkpoints")
         if ckpt is None:

@@ -367,7 +367,7 @@ class Trainer:
                 "rm_counts": self.state.rm_counts,
                 "eval_before": self.state.eval_before,
                 "elapsed_s": self.state.elapsed_s,
-                "config": self.cfg.model_dump(),
+                "config": self.cfg.storable(),
             },
         )
 
