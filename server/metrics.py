@@ -18,6 +18,12 @@ class Metrics:
         self.rm_errors = Counter(
             "laser_rm_errors", "Reward-model failures (raised, timed out, NaN)", ["rm"], registry=r
         )
+        self.rm_input_errors = Counter(
+            "laser_rm_input_errors",
+            "Requests a reward model could not score for their input (no circuit effect)",
+            ["rm"],
+            registry=r,
+        )
         self.feedback = Counter("laser_feedback", "Feedback received", ["rm"], registry=r)
         self.feedback_reward = Histogram(
             "laser_feedback_reward",

@@ -10,7 +10,12 @@ from typing import Any
 
 from laser.server.coalesce import Coalescer
 from laser.server.outbound import LOOPBACK, check_url, guarded_client
-from laser.server.rewards import Query
+from laser.server.rewards import Query, RMInputError
+
+INPUT_REFUSED = frozenset({400, 413, 422})
+"""A remote RM's answers that blame the request (too large, malformed for it), not the RM:
+the request falls back to the next RM and the RM's circuit is left alone. 401, 403, 404 and
+other 4xx mean the RM is misconfigured and count as its failures."""
 
 
 def rm_texts(tokenizer: Any, query: Query, responses: Sequence[str]) -> list[str]:
@@ -194,6 +199,8 @@ class RemoteRM:
                     if not isinstance(scores, list):
                         raise ValueError(f"remote RM {self.name} sent no `scores` list")
                     return [float(s) for s in scores]
+                if r.status_code in INPUT_REFUSED:  # the RM is fine; it refuses this input
+                    raise RMInputError(f"remote RM {self.name} refused the input ({r.status_code})")
                 if (r.status_code != 429 and r.status_code < 500) or attempt == self.retries:
                     raise RuntimeError(f"remote RM {self.name} answered {r.status_code}")
             await asyncio.sleep(0.2 * 2**attempt)

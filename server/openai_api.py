@@ -106,11 +106,13 @@ class ChatCompletionRequest(_OpenAIBase):
 
 def _to_generate(body: _OpenAIBase, settings: Settings, **input_: Any) -> GenerateRequest:
     """The native request an OpenAI one stands for. Without `best_of`, the server samples
-    `openai_best_of` candidates (at least `n`, at most `n_max`), so a client that knows
-    nothing of reranking still gets the best of several; with `stream=true` too, since the
-    events are sent once the answer is chosen anyway."""
+    `openai_best_of` candidates (at least `n`, at most `n_max`; `n` with temperature 0), so a
+    client that knows nothing of reranking still gets the best of several; with `stream=true`
+    too, since the events are sent once the answer is chosen anyway."""
     if body.best_of is not None:
         total = body.best_of
+    elif body.temperature == 0:  # greedy: every sample would be the same text
+        total = body.n
     else:
         total = max(body.n, min(settings.openai_best_of, settings.n_max))
     if total < body.n:

@@ -13,6 +13,7 @@ await reranker.feedback("req-1", 1.0)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -243,6 +244,11 @@ class Reranker:
         )
 
     async def _sample(self, prompt: str, sampling: Sampling, adapter: Adapter | None) -> Generation:
+        # Greedy decoding gives n copies of one text (vLLM refuses n > 1 with temperature 0):
+        # sample once, hand back n copies; the decision is logged as `selection: "none"`.
+        copies = sampling.n if sampling.temperature == 0 else 1
+        if copies > 1:
+            sampling = dataclasses.replace(sampling, n=1)
         try:
             g = await self.engine.generate(prompt, sampling, adapter)
         except EngineError as exc:
@@ -252,6 +258,8 @@ class Reranker:
                 f"generation failed: {exc}", code="engine_error", headers=self._retry_after()
             ) from exc
         self.engine_fault = None
+        if copies > 1:
+            g = dataclasses.replace(g, completions=g.completions * copies)
         return g
 
     def _choose(self, x: np.ndarray, forced: str | None) -> tuple[Selection, list[str]]:

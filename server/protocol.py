@@ -155,8 +155,8 @@ class PredictResponse(BaseModel):
 
 class ArmStatus(BaseModel):
     """One RM as the bandit and the RM pool see it (`/health`, `/admin/reward-models`). What
-    it learnt (`updates`, `selected`, `errors`, `mean_feedback`, `last_error`) is null in the
-    open `/health` of a server with an API key, for a request without the key."""
+    it learnt (`updates`, `selected`, `errors`, `input_errors`, `mean_feedback`, `last_error`)
+    is null in the open `/health` of a server with an API key, for a request without the key."""
 
     enabled: bool
     available: bool = Field(
@@ -165,6 +165,9 @@ class ArmStatus(BaseModel):
     updates: int | None = Field(description="rewarded decisions the bandit learnt from")
     selected: int | None
     errors: int | None
+    input_errors: int | None = Field(
+        None, description="requests it could not score for their input (no circuit effect)"
+    )
     mean_feedback: float | None
     last_error: str | None
     circuit: Literal["closed", "open", "half_open"] | None = None

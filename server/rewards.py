@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,6 +50,20 @@ class Query:
     def user_content(self) -> str:
         """The question, inside the documented document template when there are documents."""
         return format_documents(self.question, self.documents) if self.documents else self.question
+
+
+class RMInputError(ValueError):
+    """This RM cannot score this request's input (a built-in RM's error on the text, a
+    remote RM's 400/413/422). The request falls back to the next RM; the RM's circuit is
+    not touched, so crafted input cannot take an RM out for everyone."""
+
+
+def _input_safe(name: str, fn: Callable[..., list[float]], *args: Any) -> list[float]:
+    """`fn(*args)` for a pure (text-only) RM: whatever it raises is the input's fault."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise RMInputError(f"RM {name} cannot score this input: {type(exc).__name__}") from exc
 
 
 class RewardModel(Protocol):
@@ -78,6 +92,10 @@ class AgreementRM:
         self.name, self.use_reference = name, use_reference
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        # Text work proportional to the input (a reference may be large): off the loop.
+        return await asyncio.to_thread(_input_safe, self.name, self._score, query, responses)
+
+    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
         kind = answers.answer_kind(query.task, query.reference)
         if self.use_reference and query.reference is not None:
             return [float(answers.matches(r, query.reference, kind)) for r in responses]
@@ -138,8 +156,11 @@ class ArithmeticVerifierRM:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+    def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
         return [verifiers.check_arithmetic(query.question, r).score for r in responses]
+
+    async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
+        return await asyncio.to_thread(_input_safe, self.name, self._score, query, responses)
 
 
 class GroundingRM:
@@ -153,7 +174,13 @@ class GroundingRM:
         if not query.documents:  # nothing to ground in: every candidate ties
             return [0.0 for _ in responses]
         return await asyncio.to_thread(
-            verifiers.grounding, query.question, query.documents, responses, self.top_k
+            _input_safe,
+            self.name,
+            verifiers.grounding,
+            query.question,
+            query.documents,
+            responses,
+            self.top_k,
         )
 
 

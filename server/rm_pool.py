@@ -2,7 +2,9 @@
 that falls back to the next RM of an order when one fails.
 
 An RM that raises, times out or returns NaN never fails a request: the next RM in the order
-scores it; an RM that keeps failing is taken out by its breaker (`breaker.py`).
+scores it; an RM that keeps failing is taken out by its breaker (`breaker.py`). An RM that
+cannot score one request's input (`RMInputError`) falls back the same way but leaves its
+circuit alone: the input is at fault, and crafted requests must not open a circuit for all.
 
 >>> # pool = RMPool({"arith": rm}, BreakerSettings(), Metrics(), timeout_s=60)
 >>> # used, scores = await pool.score(["arith", "judge"], query, texts)
@@ -20,7 +22,7 @@ from typing import Any
 from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import BreakerSettings
 from laser.server.metrics import Metrics
-from laser.server.rewards import Query, RewardModel
+from laser.server.rewards import Query, RewardModel, RMInputError
 
 log = logging.getLogger("laser.server")
 
@@ -29,6 +31,7 @@ log = logging.getLogger("laser.server")
 class RMStats:
     selected: int = 0
     errors: int = 0
+    input_errors: int = 0
     feedback: int = 0
     reward_sum: float = 0.0
     last_error: str | None = None
@@ -92,6 +95,11 @@ class RMPool:
             except asyncio.CancelledError:
                 breaker.abandon()
                 raise
+            except RMInputError as exc:  # this request's fault, not the RM's
+                breaker.abandon()
+                self.stats[name].input_errors += 1
+                self.metrics.rm_input_errors.labels(name).inc()
+                log.info("reward model %s cannot score this input: %s", name, exc)
             except Exception as exc:  # an RM fault never fails the request
                 breaker.failure()
                 self.stats[name].errors += 1
@@ -131,11 +139,18 @@ class RMPool:
     def status(self, name: str) -> dict[str, Any]:
         """Selections, errors, mean feedback and circuit of one RM (for /health, admin)."""
         if name not in self.stats:
-            return {"selected": 0, "errors": 0, "mean_feedback": None, "last_error": None}
+            return {
+                "selected": 0,
+                "errors": 0,
+                "input_errors": 0,
+                "mean_feedback": None,
+                "last_error": None,
+            }
         s = self.stats[name]
         return {
             "selected": s.selected,
             "errors": s.errors,
+            "input_errors": s.input_errors,
             "mean_feedback": s.reward_sum / s.feedback if s.feedback else None,
             "last_error": s.last_error,
             **self.breakers[name].status(),

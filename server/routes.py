@@ -85,7 +85,8 @@ async def health(request: Request) -> HealthResponse:
         faults = [*faults, "store: no answer within 2 s"]
     arms = reranker.summary().arms
     if not full:
-        hidden = dict.fromkeys(("updates", "selected", "errors", "mean_feedback", "last_error"))
+        learnt = ("updates", "selected", "errors", "input_errors", "mean_feedback", "last_error")
+        hidden = dict.fromkeys(learnt)
         arms = {name: arm.model_copy(update=hidden) for name, arm in arms.items()}
     return HealthResponse(
         status="degraded" if faults else "ok",

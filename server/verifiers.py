@@ -28,13 +28,31 @@ from typing import Any
 from laser.server import answers
 
 # -- arithmetic ------------------------------------------------------------------------------
+# Bounds that keep a check fast and exception-free on any text (a request's question can be
+# 64K characters, a candidate as long as max_tokens allows). Real worked answers stay far
+# below them; what exceeds one is not checked (it contributes nothing), never an error.
+MAX_SCAN_CHARS = 100_000
+"""Characters of a question or response scanned for arithmetic (the head)."""
+MAX_STEPS = 256
+"""Equations checked per response, and expressions per question."""
+MAX_OPERATORS = 64
+"""Operators and parentheses in one expression (the parse and its walk recurse per level)."""
+MAX_DIGITS = 100
+"""Digits in a row in one number (Python refuses int(str) above 4,300, and giant values
+make exact arithmetic slow)."""
+
 _NUMBER = r"\$?\d[\d,]*(?:\.\d+)?"
-_OPERAND = rf"\(?\s*{_NUMBER}\s*\)?"
 _OP = r"[-+*/×÷x]"
-# An expression is two or more numbers joined by operators; an equation is one followed by
-# `=` and a number.
-_EXPR = re.compile(rf"(?<![\w.]){_OPERAND}(?:\s*{_OP}\s*{_OPERAND})+")
-_EQUATION = re.compile(rf"(?P<lhs>{_EXPR.pattern})\s*=\s*(?P<rhs>-?{_NUMBER})")
+# An expression is two or more numbers joined by operators (a number may open with `(` and
+# close with `)`); an equation is one followed by `=` and a number. The quantifiers are
+# possessive (`*+`, `++`): giving anything back could never lead to a match here, and
+# backtracking made long runs of digits, commas, blanks or terms quadratic or worse. An
+# expression never starts inside a number (after `digit,`), so a long `1,1,1,...` is read once.
+_NUMBER_ONCE = r"\$?\d[\d,]*+(?:\.\d+)?+"
+_OPERAND = rf"(?:\(\s*+)?{_NUMBER_ONCE}\s*+\)?+"
+_EXPR = re.compile(rf"(?<![\w.])(?:(?=\()|(?<![\d,],)){_OPERAND}(?:\s*+{_OP}\s*+{_OPERAND})++")
+_RESULT = re.compile(rf"\s*+=\s*+(?P<rhs>-?{_NUMBER_ONCE})")
+_DIGIT_RUN = re.compile(r"\d+")
 _WORD_OPS = [
     (re.compile(r"\bmultiplied by\b", re.I), " * "),
     (re.compile(r"\bdivided by\b", re.I), " / "),
@@ -52,22 +70,38 @@ _BINOPS = {
 }
 
 
-def _number(text: str) -> Fraction:
-    return Fraction(text.replace("$", "").replace(",", "").strip())
+def _checkable(text: str) -> bool:
+    """No run of digits longer than MAX_DIGITS (commas already removed)."""
+    return all(len(run) <= MAX_DIGITS for run in _DIGIT_RUN.findall(text))
+
+
+def _number(text: str) -> Fraction | None:
+    """The exact value of a number as written (`$1,250.5`), or None if it is too long to check.
+
+    >>> _number("$1,250.50"), _number("9" * 5000)
+    (Fraction(2501, 2), None)
+    """
+    clean = text.replace("$", "").replace(",", "").strip()
+    return Fraction(clean) if _checkable(clean) else None
 
 
 def evaluate(expression: str) -> Fraction | None:
-    """The exact value of `+ - * /` arithmetic on numbers, or None (division by zero, or
-    anything else than numbers, operators and parentheses).
+    """The exact value of `+ - * /` arithmetic on numbers, or None (division by zero, anything
+    else than numbers, operators and parentheses, or more than MAX_OPERATORS operators or
+    MAX_DIGITS digits in a number: too big to check).
 
-    >>> evaluate("3 x (4 + 1)"), evaluate("1 / 0")
-    (Fraction(15, 1), None)
+    >>> evaluate("3 x (4 + 1)"), evaluate("1 / 0"), evaluate("1+" * 5000 + "1")
+    (Fraction(15, 1), None, None)
     """
     text = expression.replace("$", "").replace(",", "")
     text = text.replace("×", "*").replace("÷", "/").replace("x", "*")
+    # Checked before parsing: ast.parse and the walk recurse once per operator or
+    # parenthesis (RecursionError near a thousand), and int() refuses 4,300+ digits.
+    if sum(text.count(c) for c in "+-*/()") > MAX_OPERATORS or not _checkable(text):
+        return None
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: a NUL byte
         return None
 
     def walk(node: ast.AST) -> Fraction:
@@ -81,7 +115,7 @@ def evaluate(expression: str) -> Fraction | None:
 
     try:
         return walk(tree.body)
-    except (ValueError, ZeroDivisionError, OverflowError):
+    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
         return None
 
 
@@ -117,17 +151,33 @@ class ArithCheck:
 
 
 def check_arithmetic(question: str, response: str) -> ArithCheck:
-    """Recompute the arithmetic `response` states and check its final number against it."""
-    text = _words_to_ops(response)
+    """Recompute the arithmetic `response` states and check its final number against it.
+
+    Never raises, and stays linear in the text: what is too long or too big to check (see
+    MAX_SCAN_CHARS, MAX_STEPS, MAX_OPERATORS, MAX_DIGITS) is skipped.
+
+    >>> check_arithmetic("q", "3 * 4 = 12. #### 12")
+    ArithCheck(correct=1, wrong=0, final='12', follows=1, question_numbers_used=0.0)
+    """
+    text = _words_to_ops(response[:MAX_SCAN_CHARS])
+    asked = question[:MAX_SCAN_CHARS]
     good: set[Fraction] = set()
     bad: set[Fraction] = set()
     used: set[Fraction] = set()
-    correct = wrong = 0
-    for m in _EQUATION.finditer(text):
-        value, claimed = evaluate(m.group("lhs")), _number(m.group("rhs"))
-        if value is None:
+    correct = wrong = steps = 0
+    # The equations `lhs = rhs` the response states, left to right, not overlapping.
+    pos = 0
+    while steps < MAX_STEPS and (m := _EXPR.search(text, pos)):
+        pos = m.end()
+        eq = _RESULT.match(text, pos)
+        if eq is None:
             continue
-        used.update(_number(n) for n in re.findall(_NUMBER, m.group("lhs")))
+        pos = eq.end()
+        steps += 1
+        value, claimed = evaluate(m.group(0)), _number(eq.group("rhs"))
+        if value is None or claimed is None:
+            continue
+        used.update(v for n in re.findall(_NUMBER, m.group(0)) if (v := _number(n)) is not None)
         if value == claimed:
             correct += 1
             good.add(claimed)
@@ -135,7 +185,9 @@ def check_arithmetic(question: str, response: str) -> ArithCheck:
             wrong += 1
             bad.add(claimed)
     # Arithmetic the question itself states ("What is 23 + 14?") is checked the same way.
-    for m in _EXPR.finditer(_words_to_ops(question)):
+    for i, m in enumerate(_EXPR.finditer(_words_to_ops(asked))):
+        if i == MAX_STEPS:
+            break
         value = evaluate(m.group(0))
         if value is not None:
             good.add(value)
@@ -147,7 +199,7 @@ def check_arithmetic(question: str, response: str) -> ArithCheck:
             follows = 1
         elif final in bad:
             follows = -1
-    q_numbers = {_number(n) for n in re.findall(_NUMBER, question)}
+    q_numbers = {v for n in re.findall(_NUMBER, asked) if (v := _number(n)) is not None}
     share = len(q_numbers & used) / len(q_numbers) if q_numbers else 0.0
     return ArithCheck(correct, wrong, final_text, follows, share)
 

@@ -24,6 +24,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = ROOT / ".cache" / "models"
 
+TEACHES = {"n": 4, "temperature": 2.0}
+"""Sampling for a /generate whose feedback must reach the bandit: four hot samples all but
+never coincide. Identical candidates (n=1, or greedy) make the decision `selection: "none"`
+(no RM could have changed it), and the bandit learns nothing from its feedback."""
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

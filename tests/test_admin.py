@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import make_settings
+from tests.conftest import TEACHES, make_settings
 from tests.test_serving import assert_error
 
 KEY = {"Authorization": "Bearer admin-secret"}
@@ -69,9 +69,8 @@ def test_rm_added_online_is_chosen_once_it_earns_it_and_survives_restart(
                 timeout=120,
                 json={
                     "prompt": f"What is {i} + {i + 3}?",
-                    "n": 1,
+                    **TEACHES,
                     "max_tokens": 2,
-                    "temperature": 0.0,
                 },
             ).json()
             picks.append(gen["reward_model"])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from laser.bandit import LinUCB, LinUCBConfig
-from tests.conftest import MODEL_CACHE, free_port
+from tests.conftest import MODEL_CACHE, TEACHES, free_port
 
 
 def _start(
@@ -121,7 +121,7 @@ def test_sigkill_under_concurrent_feedback_then_sigterm_drains(tmp_path: Path) -
             gens = pool.map(
                 lambda i: httpx.post(
                     url + "/generate",
-                    json={"prompt": f"What is {i} + {i % 7}?", "n": 1, "max_tokens": 2},
+                    json={"prompt": f"What is {i} + {i % 7}?", **TEACHES, "max_tokens": 2},
                     timeout=300,
                 ),
                 range(48),

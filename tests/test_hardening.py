@@ -31,7 +31,7 @@ import pytest
 
 from laser.server.config import default_reward_models
 from laser.server.engine import EngineError
-from tests.conftest import ROOT, LiveServer, LoopThread, make_settings, reply_json
+from tests.conftest import ROOT, TEACHES, LiveServer, LoopThread, make_settings, reply_json
 from tests.test_serving import assert_error
 
 DEFAULT_RMS = {spec.name for spec in default_reward_models()}
@@ -328,7 +328,7 @@ def test_faulty_rm_falls_back_trips_the_breaker_and_is_retried(
     live = start_server(settings)
     clock = ManualClock()
     live.app.state.reranker.rms.breakers["flaky"].clock = clock
-    forced = {"prompt": "What is 4 + 4?", "n": 2, "max_tokens": 6, "reward_model": "flaky"}
+    forced = {"prompt": "What is 4 + 4?", **TEACHES, "max_tokens": 6, "reward_model": "flaky"}
 
     def flaky() -> dict[str, Any]:
         arms = httpx.get(live.url + "/admin/reward-models", timeout=60).json()

@@ -367,8 +367,15 @@ def test_a_decision_no_rm_could_change_teaches_no_rm(start_server: Any, tmp_path
                 after = c.get("/admin/reward-models").json()[gen["reward_model"]]["updates"]
                 assert after == before
             chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+            # Greedy OpenAI requests get one candidate by default (four would be alike)...
             r = c.post("/v1/chat/completions", json={**chat, "temperature": 0.0}).json()
-            assert r["laser"]["selection"] == "none" and len(r["laser"]["scores"]) == 4
+            assert r["laser"]["selection"] == "none" and len(r["laser"]["scores"]) == 1
+            # ...and an explicit best_of, greedy, gets copies of one sample (vLLM would
+            # refuse n > 1 without sampling): nothing to choose between, nothing learnt.
+            r = c.post("/v1/chat/completions", json={**chat, "temperature": 0, "best_of": 3})
+            assert r.status_code == 200, r.text
+            assert r.json()["laser"]["selection"] == "none"
+            assert len(set(r.json()["laser"]["scores"])) == 1
     finally:
         live.stop()
     # Rebuilt from the log alone (no snapshot), the bandit skips them too.

@@ -21,7 +21,7 @@ from laser.server.ope.logdata import LoggedDecision, build
 from laser.server.ope.policies import fixed, logged, route, uniform
 from laser.server.ope.report import markdown
 from laser.server.store import Decision, Store
-from tests.conftest import make_settings
+from tests.conftest import TEACHES, make_settings
 
 ARMS = ["a", "b", "c"]
 # Mean reward of each arm per kind of query: each arm is best somewhere.
@@ -211,7 +211,7 @@ def test_admin_ope_on_a_server_that_served_and_got_feedback(
             assert c.get("/admin/ope").status_code == 409  # nothing logged yet
             assert httpx.get(live.url + "/admin/ope").status_code == 401
             for i in range(14):
-                body = {"prompt": f"What is {i} + 2?", "n": 2, "max_tokens": 6}
+                body = {"prompt": f"What is {i} + 2?", **TEACHES, "max_tokens": 6}
                 if i == 13:
                     body["reward_model"] = "agreement"  # forced: reported, excluded
                 gen = c.post("/generate", json=body).json()

@@ -24,7 +24,7 @@ import pytest
 from laser.server.cli import main as cli_main
 from laser.server.ope import read_log
 from laser.server.pg_local import LocalPostgres, private_root
-from tests.conftest import MODEL_CACHE, ROOT, LiveServer, free_port, make_settings
+from tests.conftest import MODEL_CACHE, ROOT, TEACHES, LiveServer, free_port, make_settings
 
 RMS = [
     {"name": "arith", "kind": "arith"},
@@ -103,7 +103,7 @@ def test_replicas_learn_as_one(
         for i in range(12):
             r = httpx.post(
                 a.url + "/generate",
-                json={"prompt": PROMPTS[i % 4], "n": 2, "max_tokens": 4},
+                json={"prompt": PROMPTS[i % 4], **TEACHES, "max_tokens": 4},
                 timeout=120,
             )
             assert r.status_code == 200, r.text
@@ -132,7 +132,7 @@ def test_replicas_learn_as_one(
         # Feedback on the new arm, given on A for a decision B made, reaches B's bandit too.
         r = httpx.post(
             b.url + "/generate",
-            json={"prompt": "What is 2 + 2?", "n": 2, "max_tokens": 4, "reward_model": "agree2"},
+            json={"prompt": "What is 2 + 2?", **TEACHES, "max_tokens": 4, "reward_model": "agree2"},
             timeout=120,
         )
         last = httpx.post(a.url + "/feedback", json={"id": r.json()["id"], "reward": 1}).json()
@@ -207,7 +207,7 @@ def test_kill9_replica_under_feedback_load_loses_nothing_acknowledged(
         for i in range(40):
             r = httpx.post(
                 a.url + "/generate",
-                json={"prompt": PROMPTS[i % 4], "n": 1, "max_tokens": 2},
+                json={"prompt": PROMPTS[i % 4], **TEACHES, "max_tokens": 2},
                 timeout=120,
             )
             ids.append(r.json()["id"])

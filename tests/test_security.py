@@ -19,11 +19,11 @@ import pytest
 from laser.server.cli import main as cli_main
 from laser.server.config import load_settings
 from laser.server.outbound import HostNotAllowedError, allowed, check_url
-from tests.conftest import LoopThread, make_settings, reply_json
+from tests.conftest import TEACHES, LoopThread, make_settings, reply_json
 from tests.test_serving import assert_error
 
 KEY = {"Authorization": "Bearer s3cret"}
-GEN = {"prompt": "What is 2 + 3?", "n": 2, "max_tokens": 4}
+GEN = {"prompt": "What is 2 + 3?", **TEACHES, "max_tokens": 4}  # candidates that differ
 
 
 # -- safe by default ---------------------------------------------------------------------------
@@ -142,8 +142,9 @@ def test_remote_rms_may_only_call_allowed_hosts(
     )
     live = start_server(settings)
     try:
-        # In the config file: the RM is not built, the server starts and says why.
-        health = httpx.get(live.url + "/health").json()
+        # In the config file: the RM is not built, the server starts and says why (the
+        # fault's detail only with the key: an open /health never names hosts).
+        health = httpx.get(live.url + "/health", headers=KEY).json()
         assert health["status"] == "degraded"
         assert any("outside_cfg: unavailable" in f and "127.0.0.2" in f for f in health["faults"])
         assert health["reward_models"]["outside_cfg"]["available"] is False

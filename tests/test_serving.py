@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from laser.server.config import default_reward_models
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import TEACHES, LiveServer, make_settings
 
 DEFAULT_RMS = {spec.name for spec in default_reward_models()}
 
@@ -104,7 +104,7 @@ def test_chat_messages_and_reference(server: LiveServer) -> None:
 
 
 def test_feedback_statuses(server: LiveServer) -> None:
-    gen = post(server, "/generate", {"prompt": "Say hello.", "n": 1, "max_tokens": 4}).json()
+    gen = post(server, "/generate", {"prompt": "Say hello.", **TEACHES, "max_tokens": 4}).json()
     assert_error(post(server, "/feedback", {"id": "no-such-id", "reward": 1.0}), 404, "id")
     assert_error(post(server, "/feedback", {"id": gen["id"], "reward": 1.5}), 422, "reward")
     assert_error(post(server, "/feedback", {"id": gen["id"], "reward": -0.1}), 422, "reward")
@@ -225,7 +225,7 @@ def test_failing_rm_falls_back_to_next_arm(start_server: Any, tmp_path: Any, mod
         r = post(
             live,
             "/generate",
-            {"prompt": "Hi", "n": 2, "max_tokens": 4, "reward_model": "relevance"},
+            {"prompt": "Hi", **TEACHES, "max_tokens": 4, "reward_model": "relevance"},
         )
         assert r.status_code == 200, r.text
         body = r.json()
@@ -254,7 +254,7 @@ def test_bandit_learns_from_feedback_over_http(start_server: Any, tmp_path: Any)
     try:
         for i in range(24):
             for kind in ("math", "qa"):
-                body: dict[str, Any] = {"n": 1, "max_tokens": 2, "temperature": 0.0}
+                body: dict[str, Any] = {**TEACHES, "max_tokens": 2}
                 if kind == "math":
                     body["prompt"] = math_prompts[i % len(math_prompts)]
                 else:
@@ -277,7 +277,7 @@ def test_restart_restores_the_bandit_exactly(start_server: Any, tmp_path: Any) -
     probe = {"prompt": "What is 5 + 6?"}
     for i in range(5):  # 5 feedbacks: a snapshot after 3, then 2 to replay
         gen = post(
-            live, "/generate", {"prompt": f"What is {i} + 6?", "n": 1, "max_tokens": 2}
+            live, "/generate", {"prompt": f"What is {i} + 6?", **TEACHES, "max_tokens": 2}
         ).json()
         assert post(live, "/feedback", {"id": gen["id"], "reward": i / 4}).status_code == 200
     before = post(live, "/bandit/predict", probe).json()

@@ -99,7 +99,7 @@ def test_jobs_train_then_serve_the_adapter(
         models = c.get("/v1/models").json()["data"]
         assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct", job["id"]]
         assert models[1]["laser"]["live"] and not models[0]["laser"]["live"]
-        assert "adapter_path" not in models[1]["laser"]  # on-disk paths are for key holders
+        assert models[1]["laser"]["adapter_path"] is None  # on-disk paths are for key holders
         keyed = c.get("/v1/models", headers=KEY).json()["data"]
         assert Path(keyed[1]["laser"]["adapter_path"], "adapter_config.json").exists()
         gen = c.post("/generate", json={"prompt": "What is 3 + 4?", "n": 2, "max_tokens": 8})
@@ -191,5 +191,7 @@ def test_unknown_job_and_bad_items(start_server: Callable[..., LiveServer], tmp_
         assert r.status_code == 400 and r.json()["error"]["param"] == "prompts"
         assert c.delete("/v1/training/jobs/job-x").status_code == 404
         r = c.post("/v1/policy", json={"job_id": "job-x"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "job_id"  # looked up first
+        r = c.post("/v1/policy", json={"path": str(tmp_path)})
         assert r.status_code == 409  # the default engine has no LoRA support
         assert r.json()["error"]["code"] == "adapters_not_supported"

@@ -3,7 +3,8 @@
 Read from a server's SQLite file (`<data-dir>/laser.db`, opened read-only) or from a JSONL
 export (`write_jsonl`; one decision per line, the same fields). Only decisions whose RM was
 drawn from the logged policy (`selection == "bandit"`) with a reward can be used; the others
-are counted by reason (forced, fallback, no feedback, foreign context) and reported.
+are counted by reason (forced, fallback, none: candidates alike, no feedback, foreign
+context) and reported.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def build(decisions: Iterable[LoggedDecision], arms: Sequence[str] | None = None
     dim = dims.most_common(1)[0][0] if dims else 0
     for d in decisions:
         if d.selection != "bandit":
-            excluded[d.selection] += 1  # forced / fallback: not drawn from the policy
+            excluded[d.selection] += 1  # forced / fallback not drawn; none: no RM mattered
         elif d.reward is None:
             excluded["no_feedback"] += 1
         elif d.context.shape[0] != dim:
