@@ -7,7 +7,7 @@
 >>> bandit.update(choice.arm, np.ones(3), reward=1.0)
 """
 
-from laser.bandit.base import ArmSet, Selection
+from laser.bandit.base import ArmSet, Selection, Selector
 from laser.bandit.baselines import FixedArm, RoundRobin, UniformRandom
 from laser.bandit.errors import (
     BanditError,
@@ -39,6 +39,7 @@ __all__ = [
     "PercentileSquash",
     "RoundRobin",
     "Selection",
+    "Selector",
     "StateError",
     "UniformRandom",
     "UnknownArmError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,36 @@ class Selection:
     widths: dict[str, float] = field(default_factory=dict)
     explored: bool = False
     probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """What LinUCB and every baseline offer, so that a caller (the server, the trainer, the
+    evaluation) can hold any of them: choose an arm for a context, learn from a reward,
+    save and restore. Context-free selectors accept a context and ignore it.
+
+    >>> from laser.bandit import FixedArm, LinUCB, LinUCBConfig
+    >>> selectors = [LinUCB(LinUCBConfig(dim=2), ["a"]), FixedArm("a", ["a"])]
+    >>> all(isinstance(s, Selector) for s in selectors)
+    True
+    """
+
+    kind: str
+
+    @property
+    def arms(self) -> list[str]: ...
+
+    def select(self, x: npt.ArrayLike, among: Iterable[str] | None = None) -> Selection:
+        """An enabled arm for context `x`; `among` restricts the choice to those arms."""
+        ...
+
+    def update(self, arm: str, x: npt.ArrayLike, reward: float) -> None: ...
+
+    def add_arm(self, name: str) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def check_reward(reward: float) -> float:
@@ -104,10 +134,16 @@ class ArmSet:
     def enable_arm(self, name: str) -> None:
         self._enabled[self.index(name)] = True
 
-    def _enabled_indices(self) -> list[int]:
+    def _enabled_indices(self, among: Iterable[str] | None = None) -> list[int]:
+        """The enabled arms' indices (only those named in `among`, when given)."""
         idx = [i for i, on in enumerate(self._enabled) if on]  # K is small: cheaper than a cache
         if not idx:
             raise NoArmsError("no arm to select from: add one or enable a disabled one")
+        if among is not None:
+            allowed = {self.index(a) for a in among}
+            idx = [i for i in idx if i in allowed]
+            if not idx:
+                raise NoArmsError("none of the requested arms is enabled")
         return idx
 
     def _record(self, index: int, reward: float) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from laser.bandit.base import ArmSet, Selection, check_reward, stats_means
+from laser.bandit.errors import NoArmsError
 
 
 class _ContextFree(ArmSet):
@@ -72,9 +73,14 @@ class FixedArm(_ContextFree):
         self.fixed = arm
         self.index(arm)  # an unknown arm is an error now, not at the first select
 
-    def select(self, x: npt.ArrayLike | None = None) -> Selection:
-        self._enabled_indices()
+    def select(
+        self, x: npt.ArrayLike | None = None, among: Iterable[str] | None = None
+    ) -> Selection:
+        """The fixed arm, whatever `among` says (it must be enabled and, given `among`, in it)."""
+        idx = self._enabled_indices(among)
         i = self.index(self.fixed)
+        if i not in idx:
+            raise NoArmsError(f"the fixed arm {self.fixed!r} is disabled or not among {among}")
         return self._selection(i, 1.0, [i])
 
     def _extra_meta(self) -> dict[str, Any]:
@@ -94,8 +100,10 @@ class UniformRandom(_ContextFree):
         super().__init__(arms)
         self._rng = np.random.default_rng(seed)
 
-    def select(self, x: npt.ArrayLike | None = None) -> Selection:
-        idx = self._enabled_indices()
+    def select(
+        self, x: npt.ArrayLike | None = None, among: Iterable[str] | None = None
+    ) -> Selection:
+        idx = self._enabled_indices(among)
         pick = idx[int(self._rng.integers(len(idx)))]
         return self._selection(pick, 1.0 / len(idx), idx)
 
@@ -116,8 +124,10 @@ class RoundRobin(_ContextFree):
         super().__init__(arms)
         self._next = 0
 
-    def select(self, x: npt.ArrayLike | None = None) -> Selection:
-        idx = self._enabled_indices()
+    def select(
+        self, x: npt.ArrayLike | None = None, among: Iterable[str] | None = None
+    ) -> Selection:
+        idx = self._enabled_indices(among)
         n = len(self._names)
         # The first enabled index at or after the cursor, wrapping around.
         pick = min(idx, key=lambda i: (i - self._next) % n)

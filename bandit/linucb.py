@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from laser.bandit.base import ArmSet, FloatArray, Selection, check_reward
-from laser.bandit.errors import InvalidInputError, NoArmsError
+from laser.bandit.errors import InvalidInputError
 
 
 def _same(a: FloatArray, b: FloatArray | None) -> bool:
@@ -173,12 +173,7 @@ class LinUCB(ArmSet):
         `NoArmsError`.
         """
         ctx = self._context(x)
-        idx = self._enabled_indices()
-        if among is not None:
-            allowed = {self.index(a) for a in among}
-            idx = [i for i in idx if i in allowed]
-            if not idx:
-                raise NoArmsError("none of the requested arms is enabled")
+        idx = self._enabled_indices(among)
         low = self._low(ctx)
         if len(idx) == len(self._names):  # the common case: no copy of the (K, d, d) stack
             v = self._a_inv @ low  # (K, d): A_k^-1 x

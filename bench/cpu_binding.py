@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 async def _measure(docs: int, bind: str) -> dict[str, Any]:
     from laser.server import assets
     from laser.server.config import EngineSettings
-    from laser.server.engine_api import Sampling
+    from laser.server.engines.base import Sampling
     from laser.server.evaluation.data import longqa_items
     from laser.server.services import vllm_engine
 

@@ -137,7 +137,7 @@ async def _decisions(url: str, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from laser.server.pg_local import LocalPostgres, private_root
+    from tests.pg_local import LocalPostgres, private_root
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rate", type=float, default=20.0, help="feedback per second")

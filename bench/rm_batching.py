@@ -1,4 +1,4 @@
-"""Cross-request batching for in-process RMs (`laser.server.coalesce`), measured side by side:
+"""Cross-request batching for in-process RMs (`laser.server.rms.coalesce`), measured side by side:
 16 requests with 4 candidates each arrive at once at the `hf` RM as large as the policy
 (SmolLM2-135M's weights, fresh head: `assets.policy_sized_reward_model`), scored
 - coalesced (what the server does): one forward at a time, waiting requests batched together;
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 async def _main(args: argparse.Namespace) -> dict[str, object]:
     from laser.server import assets
     from laser.server.data import arithmetic_items
-    from laser.server.model_rms import HFRewardModel
-    from laser.server.rewards import Query
+    from laser.server.rms.base import Query
+    from laser.server.rms.model_backed import HFRewardModel
 
     cache = ROOT / "laser-data" / "cache"
     rm = HFRewardModel("policy-rm", str(assets.policy_sized_reward_model(cache)))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv (idempotent) and runs every check CI runs: ruff, mypy, pytest.
+# Sets up .venv (idempotent) and runs every check CI runs: ruff, mypy, the docs site, pytest.
 #   bash scripts/test.sh                 # the default suite
 #   bash scripts/test.sh -m slow         # extra pytest arguments pass through
 set -euo pipefail
@@ -31,6 +31,9 @@ tc=build/typecheck/laser
 mkdir -p "$tc"
 for pkg in bandit client server; do ln -sfn "../../../$pkg" "$tc/$pkg"; done
 MYPYPATH=build/typecheck "$V/mypy" -p laser.bandit -p laser.client -p laser.server
+
+echo "== docs (mkdocs --strict: a broken link or an unlisted page fails)"
+"$V/mkdocs" build --strict --quiet
 
 echo "== pytest"
 "$V/python" -m pytest "$@"

@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> None:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     from pydantic import ValidationError
 
-    from laser.server.app import build_app, http_server
+    from laser.server.api.app import build_app, http_server
     from laser.server.config import config_error_text, settings_from_flags
 
     try:
@@ -56,7 +56,7 @@ def _db(args: argparse.Namespace) -> None:
         return
     import psycopg
 
-    from laser.server.pg_store import LATEST, SchemaError, migrate, schema_version
+    from laser.server.store.postgres import LATEST, SchemaError, migrate, schema_version
 
     try:
         if args.action == "status":

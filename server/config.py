@@ -29,11 +29,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -155,7 +155,7 @@ class BanditSettings(_Section):
 
 
 class StoreSettings(_Section):
-    """Where decisions, feedback and bandit snapshots live (laser.server.store, pg_store)."""
+    """Where decisions, feedback and bandit snapshots live (laser.server.store.sqlite, pg_store)."""
 
     url: str = Field(
         "",
@@ -172,7 +172,7 @@ class StoreSettings(_Section):
 
 
 class BreakerSettings(_Section):
-    """Reward-model circuit breaker (laser.server.breaker)."""
+    """Reward-model circuit breaker (laser.server.rms.breaker)."""
 
     failures: int = Field(3, ge=1, description="faults in a row that take an RM out")
     cooldown_s: float = Field(30.0, gt=0, description="seconds out before one trial call")
@@ -238,7 +238,8 @@ class Settings(BaseSettings):
             "connection the server is closing (that race surfaces as a client ReadError)"
         ),
     )
-    # Back-pressure and input limits (laser.server.admission; README "Operating it").
+    # Back-pressure and input limits (laser.server.api.admission, laser.server.limits;
+    # docs/operating.md).
     max_concurrent: int = Field(16, ge=1, description="generation requests worked on at once")
     max_queue: int = Field(64, ge=0, description="generation requests waiting; past it 429")
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; then 503")

@@ -60,7 +60,7 @@ class Metrics:
         self.tokens = Counter("laser_tokens", "Tokens processed", ["kind"], registry=r)
         self.in_flight = Gauge("laser_in_flight", "Requests being processed", registry=r)
         self.engine_errors = Counter("laser_engine_errors", "Engine failures", registry=r)
-        # Back-pressure and faults (laser.server.admission, the store).
+        # Back-pressure and faults (laser.server.api.admission, the store).
         self.generate_active = Gauge(
             "laser_generate_active", "Generation requests holding a slot", registry=r
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from laser.server.engine_api import Engine
+from laser.server.engines.base import Engine
 from laser.server.errors import BadRequestError
 from laser.server.protocol import GenerateRequest
 

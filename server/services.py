@@ -14,20 +14,21 @@ from pathlib import Path
 
 from laser.server import assets
 from laser.server.config import EngineSettings, RewardModelSpec, Settings, resolve_secret
-from laser.server.engine_api import Engine
+from laser.server.engines.base import Engine
 from laser.server.featurize import Featurizer, SentenceEncoder
-from laser.server.model_rms import HFRewardModel, RemoteRM, VLLMPoolingRM
 from laser.server.outbound import LOOPBACK
-from laser.server.rewards import (
+from laser.server.rms.base import RewardModel
+from laser.server.rms.builtin import (
     AgreementRM,
     ArithmeticVerifierRM,
     GroundingRM,
     JudgeRM,
     LogLikelihoodRM,
     RelevanceRM,
-    RewardModel,
 )
-from laser.server.store import LogStore, Store
+from laser.server.rms.model_backed import HFRewardModel, RemoteRM, VLLMPoolingRM
+from laser.server.store.base import LogStore
+from laser.server.store.sqlite import Store
 
 log = logging.getLogger("laser.server")
 
@@ -128,7 +129,7 @@ def open_store(settings: Settings) -> LogStore:
     """The log `settings` name: SQLite at `<data_dir>/laser.db`, or the PostgreSQL database of
     `store.url` (migrated first unless `store.auto_upgrade` is off)."""
     if settings.store.url:
-        from laser.server.pg_store import PgStore
+        from laser.server.store.postgres import PgStore
 
         return PgStore(
             settings.store.url,
@@ -140,7 +141,7 @@ def open_store(settings: Settings) -> LogStore:
 
 def vllm_engine(e: EngineSettings, model_path: str, name: str) -> Engine:
     """The in-process vLLM engine `e` describes (serving, and training's sampler)."""
-    from laser.server.engine import VLLMEngine
+    from laser.server.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(
         model_path,
@@ -166,7 +167,7 @@ def load_services(settings: Settings) -> Services:
     model_path, name = model_path_and_name(e, settings.model_cache)
     engine: Engine
     if e.kind == "remote":
-        from laser.server.remote_engine import RemoteOpenAIEngine
+        from laser.server.engines.remote_engine import RemoteOpenAIEngine
 
         if not e.url:
             raise ValueError("engine.kind = 'remote' needs engine.url")

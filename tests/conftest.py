@@ -106,7 +106,7 @@ class LiveServer:
 def start_server(loop_thread: LoopThread, services: Any) -> Iterator[Callable[..., LiveServer]]:
     """start_server(settings) -> LiveServer on a free loopback port; stopped at session end."""
 
-    from laser.server.app import build_app, http_server
+    from laser.server.api.app import build_app, http_server
 
     running: list[LiveServer] = []
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import yaml
 
 from laser.server.cli import main as cli_main
@@ -157,7 +157,7 @@ def test_compose_mounts_and_builds_what_exists() -> None:
 
 
 def test_metrics_route_exists() -> None:
-    from laser.server.app import build_app
+    from laser.server.api.app import build_app
 
     app = build_app(load_settings(CONFIG))
     paths = {getattr(r, "path", None) for r in app.routes}

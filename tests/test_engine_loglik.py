@@ -19,7 +19,7 @@ from tests.conftest import MODEL_CACHE, LoopThread
 def hf_reference() -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from laser.server.hf_engine import HFEngine
+    from laser.server.engines.hf_engine import HFEngine
 
     path = assets.embedded_model(MODEL_CACHE)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -70,7 +70,7 @@ def test_samples_just_generated_are_scored_from_their_sampling_logprobs(
     """What serving does: generate n samples, then the loglik RM scores them. Their token
     logprobs were kept from generation, so no engine pass is made for them, and the numbers
     are the ones a prompt-logprobs pass from scratch gives (up to bf16 rounding)."""
-    from laser.server.engine import Sampling
+    from laser.server.engines.vllm_engine import Sampling
 
     engine = services.engine
     item = longqa_items(1, seed=12)[0]

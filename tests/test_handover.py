@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from laser.server import assets
-from laser.server.engine import VLLMEngine
-from laser.server.engine_api import Sampling
+from laser.server.engines.base import Sampling
+from laser.server.engines.vllm_engine import VLLMEngine
 from laser.server.training import handover
 
 from .conftest import MODEL_CACHE
@@ -76,7 +76,7 @@ def test_merged_weights_reach_the_engine_and_rms_keep_the_base(tmp_path: Path) -
     assert policy_text == _greedy_hf(policy, tok, prompt, 12)
     assert policy_text != base_text
     # Likelihoods (the loglik and judge RMs) still come from the base model.
-    from laser.server.hf_engine import HFEngine
+    from laser.server.engines.hf_engine import HFEngine
 
     reference = HFEngine(base, tok, name="ref", max_model_len=2048)
     want = reference.loglikelihoods_sync(prompt, ["The answer is 4.", policy_text])

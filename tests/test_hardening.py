@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from laser.server.config import default_reward_models
-from laser.server.engine import EngineError
+from laser.server.engines.vllm_engine import EngineError
 from tests.conftest import ROOT, TEACHES, LiveServer, LoopThread, make_settings, reply_json
 from tests.test_serving import assert_error
 
@@ -185,7 +185,7 @@ def test_back_pressure_refuses_fast_stays_bounded_and_recovers(
 def test_admission_never_runs_more_than_its_slots() -> None:
     """The admission logic alone, under 300 requests arriving at random: never more than
     `max_concurrent` at once, every request admitted or refused, nothing left behind."""
-    from laser.server.admission import Admission
+    from laser.server.api.admission import Admission
     from laser.server.errors import TooManyRequestsError
 
     rng = random.Random(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from laser.server.hardware import read_cpu_flags, resolve_dtype
+from laser.server.engines.hardware import read_cpu_flags, resolve_dtype
 
 AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}
 AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_bf16"}
@@ -96,7 +96,7 @@ def test_read_cpu_flags_missing_or_flagless_file_is_empty(tmp_path: Path) -> Non
 
 def test_cpu_thread_binding_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from laser.server.config import load_settings
-    from laser.server.engine import apply_cpu_binding, resolve_cpu_binding
+    from laser.server.engines.vllm_engine import apply_cpu_binding, resolve_cpu_binding
 
     # auto: the whole of a small machine; vLLM's own choice (a core reserved) on a big one.
     assert resolve_cpu_binding("auto", 2) == "all" and resolve_cpu_binding("auto", 4) == "all"

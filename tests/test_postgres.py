@@ -23,8 +23,8 @@ import pytest
 
 from laser.server.cli import main as cli_main
 from laser.server.ope import read_log
-from laser.server.pg_local import LocalPostgres, private_root
 from tests.conftest import MODEL_CACHE, ROOT, TEACHES, LiveServer, free_port, make_settings
+from tests.pg_local import LocalPostgres, private_root
 
 RMS = [
     {"name": "arith", "kind": "arith"},
@@ -260,8 +260,8 @@ def test_feedback_rows_keep_commit_order(pg_url: str) -> None:
     order, so a follower reading `seq > last` never skips one that commits later."""
     import asyncio
 
-    from laser.server.pg_store import PgStore
-    from laser.server.store import Decision
+    from laser.server.store.base import Decision
+    from laser.server.store.postgres import PgStore
 
     store = PgStore(pg_url, pool_size=8)
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from laser.server import assets
-from laser.server.engine_api import Sampling
-from laser.server.remote_engine import RemoteOpenAIEngine
+from laser.server.engines.base import Sampling
+from laser.server.engines.remote_engine import RemoteOpenAIEngine
 from tests.conftest import MODEL_CACHE, free_port
 
 
@@ -91,7 +91,7 @@ def test_n_samples_in_one_call_and_loglikelihoods(vllm_server: tuple[str, Path])
 
 
 def test_unreachable_remote_is_an_engine_error() -> None:
-    from laser.server.engine import EngineError
+    from laser.server.engines.vllm_engine import EngineError
 
     engine = RemoteOpenAIEngine(
         f"http://127.0.0.1:{free_port()}",

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from laser.server import verifiers
 from laser.server.config import BreakerSettings
 from laser.server.metrics import Metrics
-from laser.server.model_rms import RemoteRM
-from laser.server.rewards import AgreementRM, ArithmeticVerifierRM, GroundingRM, Query
-from laser.server.rm_pool import RMPool
+from laser.server.rms import verifiers
+from laser.server.rms.base import Query
+from laser.server.rms.builtin import AgreementRM, ArithmeticVerifierRM, GroundingRM
+from laser.server.rms.model_backed import RemoteRM
+from laser.server.rms.pool import RMPool
 from tests.conftest import reply_json
 
 CRAFTED = {
@@ -73,12 +74,12 @@ class _Flaky:
         self.name = name
 
     async def score(self, query: Query, responses: Any) -> list[float]:
-        from laser.server.rewards import _input_safe
+        from laser.server.rms.base import input_safe
 
         def crash(*_: Any) -> list[float]:
             raise RecursionError("maximum recursion depth exceeded")
 
-        return await asyncio.to_thread(_input_safe, self.name, crash, query, responses)
+        return await asyncio.to_thread(input_safe, self.name, crash, query, responses)
 
 
 def _pool(**models: Any) -> RMPool:

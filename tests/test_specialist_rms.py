@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from laser.server.featurize import KINDS, Featurizer, query_kind
-from laser.server.rewards import ArithmeticVerifierRM, GroundingRM, Query
-from laser.server.verifiers import check_arithmetic, evaluate, grounding
+from laser.server.rms.base import Query
+from laser.server.rms.builtin import ArithmeticVerifierRM, GroundingRM
+from laser.server.rms.verifiers import check_arithmetic, evaluate, grounding
 
 
 def _rank(rm: object, query: Query, responses: list[str]) -> list[float]:

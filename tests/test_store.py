@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from laser.server.store import Decision, Store
+from laser.server.store.base import Decision
+from laser.server.store.sqlite import Store
 
 
 def _decision(i: int | str) -> Decision:

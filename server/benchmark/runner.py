@@ -69,12 +69,12 @@ class _Bench:
 
     # .. the alternatives, in process ..........................................................
     def _sampling(self, n: int) -> Any:
-        from laser.server.engine_api import Sampling
+        from laser.server.engines.base import Sampling
 
         return Sampling(n=n, max_tokens=self.cfg.max_tokens, temperature=0.8, top_p=1.0)
 
     def _query(self, question: str, prompt: str, documents: Sequence[str] = ()) -> Any:
-        from laser.server.rewards import Query
+        from laser.server.rms.base import Query
 
         return Query(question, prompt, list(documents))
 
@@ -93,7 +93,7 @@ class _Bench:
         return int(np.argmax(scores))
 
     async def ensemble(self, question: str, prompt: str, n: int) -> int:
-        from laser.server.rewards import normalized_mean
+        from laser.server.rms.builtin import normalized_mean
 
         gen = await self.engine_only(prompt, n)
         texts = [c.text for c in gen.completions]
@@ -392,7 +392,7 @@ class _Bench:
         computes them (logprobs kept from sampling; otherwise the prompt's KV from vLLM's
         prefix cache) and from scratch (one full prefill per sample), alternating which
         goes first. Only for the in-process vLLM engine; skipped otherwise."""
-        from laser.server.engine import VLLMEngine
+        from laser.server.engines.vllm_engine import VLLMEngine
 
         engine = self.engine
         if not isinstance(engine, VLLMEngine) or engine.supports_adapters:
@@ -500,7 +500,7 @@ async def run_bench(
     """
     import httpx
 
-    from laser.server.app import build_app, http_server
+    from laser.server.api.app import build_app, http_server
     from laser.server.services import load_services
 
     own = services is None

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from laser.server.data import PromptItem
-from laser.server.engine_api import Generation
+from laser.server.engines.base import Generation
 from laser.server.evaluation import data as eval_data
 from laser.server.evaluation.metrics import KIND_TASK
 from laser.server.evaluation.strategies import Table
-from laser.server.rewards import Query
+from laser.server.rms.base import Query
 
 
 @dataclass(frozen=True)

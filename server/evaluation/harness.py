@@ -32,7 +32,7 @@ import numpy as np
 
 from laser.server.config import RewardModelSpec, Settings
 from laser.server.data import DataError, PromptItem, load_prompts
-from laser.server.engine_api import Engine, Generation, Sampling
+from laser.server.engines.base import Engine, Generation, Sampling
 from laser.server.evaluation import data as eval_data
 from laser.server.evaluation.analysis import analyse, pilot_table
 from laser.server.evaluation.cache import Cache
@@ -43,7 +43,7 @@ from laser.server.evaluation.strategies import (
 )
 from laser.server.featurize import Featurizer, SentenceEncoder
 from laser.server.protocol import GenerateRequest
-from laser.server.rewards import Query, RewardModel
+from laser.server.rms.base import Query, RewardModel
 from laser.server.runtime import progress
 
 log = logging.getLogger("laser.server")
@@ -114,7 +114,7 @@ def _gen_json(g: Generation, seconds: float) -> dict[str, Any]:
 
 
 def _gen_from(d: dict[str, Any]) -> Generation:
-    from laser.server.engine_api import Completion
+    from laser.server.engines.base import Completion
 
     return Generation([Completion(**c) for c in d["completions"]], d["prompt_tokens"])
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from laser.server.config import redact, redact_url
-from laser.server.store import DECISION_COLUMNS, Decision, decision_from_row
+from laser.server.store.base import DECISION_COLUMNS, Decision, decision_from_row
 
 FloatArray = np.ndarray
 
@@ -198,7 +198,7 @@ def write_jsonl(decisions: Iterable[LoggedDecision], path: Path) -> None:
 def _read_pg(url: str) -> list[LoggedDecision]:
     import psycopg
 
-    from laser.server.pg_store import decision_from_pg_row
+    from laser.server.store.postgres import decision_from_pg_row
 
     try:
         with psycopg.connect(url) as conn:

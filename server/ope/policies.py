@@ -19,13 +19,13 @@ sections as in the server config.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from laser.bandit import LinUCB
 from laser.server.config import BanditSettings, FeaturizerSettings

@@ -26,10 +26,10 @@ The flat keys of earlier configs still work: `alpha` ->
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from laser.server.config import (

@@ -54,9 +54,10 @@ from laser.bandit import (
 )
 from laser.server import answers
 from laser.server.data import DataError, PromptItem, load_prompts
-from laser.server.engine import Adapter, Sampling
+from laser.server.engines.vllm_engine import Adapter, Sampling
 from laser.server.prompts import format_documents
-from laser.server.rewards import Query, normalized_mean
+from laser.server.rms.base import Query
+from laser.server.rms.builtin import normalized_mean
 from laser.server.runtime import write_atomic_text
 from laser.server.training import handover
 from laser.server.training.checkpoint import (
@@ -223,7 +224,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
 
         if cfg.engine == "hf":
-            from laser.server.hf_engine import HFEngine
+            from laser.server.engines.hf_engine import HFEngine
 
             self.engine: Any = HFEngine(
                 self.policy,

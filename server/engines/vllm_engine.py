@@ -8,6 +8,7 @@ so callers just await.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from laser.server.engine_api import (
+from laser.server.engines.base import (
     Adapter,
     Completion,
     Engine,
@@ -136,7 +137,7 @@ class VLLMEngine(EngineBase):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from laser.server.hardware import read_cpu_flags, resolve_dtype
+        from laser.server.engines.hardware import read_cpu_flags, resolve_dtype
 
         # Resolved here, not by vLLM: vLLM-CPU's "auto" is bfloat16, 2-6x slower than
         # float32 on CPUs without native bf16. The platform is vLLM's (its CPU build runs
@@ -285,7 +286,7 @@ class VLLMEngine(EngineBase):
             if self._hf_scorer is None:
                 from transformers import AutoModelForCausalLM
 
-                from laser.server.hf_engine import HFEngine
+                from laser.server.engines.hf_engine import HFEngine
 
                 model = await asyncio.to_thread(
                     AutoModelForCausalLM.from_pretrained, self._model_path
@@ -431,7 +432,15 @@ class VLLMEngine(EngineBase):
         return [scores[t] for t in continuations]
 
     def shutdown(self) -> None:
+        """Stop vLLM's engine process now, and let go of the engine object while Python is
+        whole: left to interpreter exit, `AsyncLLM.__del__` runs its shutdown again against
+        torn-down modules and prints a Traceback after a successful run."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
         try:
-            self._llm.shutdown()
+            llm.shutdown()
         except Exception as exc:  # shutting down anyway
             log.warning("engine shutdown: %s", exc)
+        del llm
+        gc.collect()  # its __del__ runs now, while the modules it calls still exist

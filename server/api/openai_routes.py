@@ -16,9 +16,7 @@ that point are ordinary JSON error responses.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -27,11 +25,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from laser.server.admission import check_input_size
-from laser.server.auth import has_key
+from laser.server.api.auth import has_key
+from laser.server.api.generation import run_generate
 from laser.server.config import Settings
-from laser.server.errors import BadRequestError, ConflictError
-from laser.server.pipeline import Reranker
+from laser.server.errors import BadRequestError
 from laser.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -49,6 +46,7 @@ from laser.server.protocol import (
     ModelCardExtras,
     ModelList,
 )
+from laser.server.reranker import Reranker
 
 router = APIRouter(prefix="/v1")
 # `stream=true` answers are server-sent events: documented beside the JSON body.
@@ -164,23 +162,6 @@ def _order(result: GenerateResponse) -> list[int]:
 def _ranked(result: GenerateResponse, n: int) -> list[Any]:
     assert result.candidates is not None
     return [result.candidates[i] for i in _order(result)[:n]]
-
-
-async def run_generate(request: Request, req: GenerateRequest, prefix: str) -> GenerateResponse:
-    """Shared by every generation route: the id (`X-Request-Id` or a new one), then the run."""
-    reranker: Reranker = request.app.state.reranker
-    given = request.headers.get("x-request-id")
-    if given is not None and len(given) > 128:
-        raise BadRequestError("X-Request-Id is longer than 128 characters", param="X-Request-Id")
-    request_id = given or f"{prefix}-{uuid.uuid4().hex}"
-    check_input_size(req, reranker.settings)
-    # Back-pressure: a bounded number run, a bounded number wait, the rest get 429 at once.
-    async with request.app.state.admission.slot():
-        try:
-            # Ids the caller chose are checked before any work; ours are fresh uuid4s.
-            return await reranker.generate(req, request_id, check_id=given is not None)
-        except sqlite3.IntegrityError:  # the same id raced in twice: the first one stands
-            raise ConflictError(f"request id {request_id!r} was used already", param="id") from None
 
 
 def _sse(events: Iterator[BaseModel]) -> StreamingResponse:

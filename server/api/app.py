@@ -7,8 +7,8 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -17,8 +17,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from laser.server.admission import Admission, BodyLimitMiddleware
-from laser.server.auth import require_admin, require_user
+from laser.server.api.admission import Admission, BodyLimitMiddleware
+from laser.server.api.auth import require_admin, require_user
+from laser.server.api.openai_routes import router as openai_router
+from laser.server.api.routes import admin_router, native_router
+from laser.server.api.training_routes import restore_policy
+from laser.server.api.training_routes import router as training_router
 from laser.server.config import RewardModelSpec, Settings, redact
 from laser.server.errors import (
     APIError,
@@ -26,15 +30,11 @@ from laser.server.errors import (
     error_body,
 )
 from laser.server.metrics import Metrics
-from laser.server.openai_api import router as openai_router
-from laser.server.pipeline import Reranker
 from laser.server.protocol import (
     ErrorResponse,
 )
-from laser.server.routes import admin_router, native_router
+from laser.server.reranker import Reranker
 from laser.server.services import Services, build_reward_model, load_services, open_store
-from laser.server.training.api import restore_policy
-from laser.server.training.api import router as training_router
 from laser.server.training.jobs import JobManager
 
 log = logging.getLogger("laser.server")
@@ -111,7 +111,62 @@ def _error(
 
 
 def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """The app. Without `services`, lifespan loads them (and shuts them down at exit)."""
+    """The app: its state set up in the lifespan (`_lifespan`), one error shape for every
+    failure (`_add_error_handlers`), the body limit and metrics middleware, the routers.
+    Without `services`, the lifespan loads them (and shuts them down at exit)."""
+    app = FastAPI(
+        title="laser-server",
+        version="0.1.0",
+        lifespan=_lifespan(settings, services),
+        # Every error any route can give, in the one shape (documented for clients and fuzzers).
+        responses={
+            code: {"model": ErrorResponse}
+            for code in (400, 401, 403, 404, 405, 409, 413, 422, 429, 500, 503)
+        },
+    )
+
+    _add_error_handlers(app, settings)
+    app.add_middleware(RequestMetricsMiddleware)
+    # Outermost: refuses an announced Content-Length over the limit, and counts body bytes as
+    # they arrive (chunked bodies have no Content-Length).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    app.include_router(openai_router, dependencies=[Depends(require_user)])
+    app.include_router(training_router, dependencies=[Depends(require_admin)])
+    app.include_router(admin_router, dependencies=[Depends(require_admin)])
+    app.include_router(native_router)
+    return app
+
+
+def _reward_models(
+    settings: Settings, svc: Services
+) -> tuple[Callable[[RewardModelSpec], Any], dict[str, Any], dict[str, str]]:
+    """The RM factory under the server's own outbound rule, the RMs it builds from the
+    settings, and those that could not be built (name -> why): a bad entry disables that
+    RM, the server still starts."""
+
+    def build_rm(spec: RewardModelSpec) -> Any:
+        # Under the server's own outbound rule, whatever the services were loaded with.
+        return build_reward_model(
+            spec, engine=svc.engine, encoder=svc.encoder, allowed_hosts=settings.outbound_hosts
+        )
+
+    rms: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    for spec in settings.reward_models:
+        try:
+            rms[spec.name] = build_rm(spec)
+        except Exception as exc:
+            unavailable[spec.name] = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("reward model %s disabled: %s", spec.name, unavailable[spec.name])
+    return build_rm, rms, unavailable
+
+
+def _lifespan(
+    settings: Settings, services: Services | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up (services, store, RMs, reranker, admission, jobs, the served policy, the
+    replica follower) and the graceful stop (final snapshot, everything closed)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,19 +179,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         featurizer = svc.featurizer(settings)
         metrics = Metrics()
 
-        def build_rm(spec: RewardModelSpec) -> Any:
-            # Under the server's own outbound rule, whatever the services were loaded with.
-            return build_reward_model(
-                spec, engine=svc.engine, encoder=svc.encoder, allowed_hosts=settings.outbound_hosts
-            )
-
-        rms, unavailable = {}, {}
-        for spec in settings.reward_models:
-            try:
-                rms[spec.name] = build_rm(spec)
-            except Exception as exc:  # a bad entry disables that RM; the server still starts
-                unavailable[spec.name] = f"{type(exc).__name__}: {exc}"[:300]
-                log.error("reward model %s disabled: %s", spec.name, unavailable[spec.name])
+        build_rm, rms, unavailable = _reward_models(settings, svc)
         reranker = Reranker(
             settings, svc.engine, featurizer, rms, store, metrics, build_rm, unavailable
         )
@@ -178,16 +221,11 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             if own:
                 await svc.aclose()
 
-    app = FastAPI(
-        title="laser-server",
-        version="0.1.0",
-        lifespan=lifespan,
-        # Every error any route can give, in the one shape (documented for clients and fuzzers).
-        responses={
-            code: {"model": ErrorResponse}
-            for code in (400, 401, 403, 404, 405, 409, 413, 422, 429, 500, 503)
-        },
-    )
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """Every error a route can raise, in the one JSON error shape; never a stack trace."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -235,14 +273,3 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return _error(500, error_body(f"internal error: {type(exc).__name__}", "internal_error"))
-
-    app.add_middleware(RequestMetricsMiddleware)
-    # Outermost: refuses an announced Content-Length over the limit, and counts body bytes as
-    # they arrive (chunked bodies have no Content-Length).
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-
-    app.include_router(openai_router, dependencies=[Depends(require_user)])
-    app.include_router(training_router, dependencies=[Depends(require_admin)])
-    app.include_router(admin_router, dependencies=[Depends(require_admin)])
-    app.include_router(native_router)
-    return app

@@ -1,6 +1,7 @@
 """What every generation engine offers, and the values that cross it: the `Engine` protocol,
 `Sampling`, `Generation`, `Adapter`, `EngineError`, and the chat/token helpers engines share.
-Engines (`engine.py`, `hf_engine.py`) import this module; it imports none of them.
+Engines (`vllm_engine.py`, `hf_engine.py`, `remote_engine.py`) import this module; it
+imports none of them.
 """
 
 from __future__ import annotations

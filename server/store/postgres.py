@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from laser.server.store import (
+from laser.server.store.base import (
     DECISION_COLUMNS,
     DECISION_FIELDS,
     Decision,

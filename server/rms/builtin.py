@@ -24,53 +24,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 
-from laser.server import answers, verifiers
-from laser.server.engine_api import Engine
+from laser.server import answers
+from laser.server.engines.base import Engine
 from laser.server.featurize import SentenceEncoder
-from laser.server.prompts import format_documents
-
-
-@dataclass(frozen=True)
-class Query:
-    """What an RM may look at besides the candidates."""
-
-    question: str
-    prompt: str
-    documents: list[str] = field(default_factory=list)
-    task: str | None = None
-    reference: str | None = None
-
-    @property
-    def user_content(self) -> str:
-        """The question, inside the documented document template when there are documents."""
-        return format_documents(self.question, self.documents) if self.documents else self.question
-
-
-class RMInputError(ValueError):
-    """This RM cannot score this request's input (a built-in RM's error on the text, a
-    remote RM's 400/413/422). The request falls back to the next RM; the RM's circuit is
-    not touched, so crafted input cannot take an RM out for everyone."""
-
-
-def _input_safe(name: str, fn: Callable[..., list[float]], *args: Any) -> list[float]:
-    """`fn(*args)` for a pure (text-only) RM: whatever it raises is the input's fault."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        raise RMInputError(f"RM {name} cannot score this input: {type(exc).__name__}") from exc
-
-
-class RewardModel(Protocol):
-    name: str
-    kind: str
-
-    async def score(self, query: Query, responses: Sequence[str]) -> list[float]: ...
+from laser.server.rms import verifiers
+from laser.server.rms.base import Query, input_safe
 
 
 class LogLikelihoodRM:
@@ -93,7 +55,7 @@ class AgreementRM:
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
         # Text work proportional to the input (a reference may be large): off the loop.
-        return await asyncio.to_thread(_input_safe, self.name, self._score, query, responses)
+        return await asyncio.to_thread(input_safe, self.name, self._score, query, responses)
 
     def _score(self, query: Query, responses: Sequence[str]) -> list[float]:
         kind = answers.answer_kind(query.task, query.reference)
@@ -160,7 +122,7 @@ class ArithmeticVerifierRM:
         return [verifiers.check_arithmetic(query.question, r).score for r in responses]
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
-        return await asyncio.to_thread(_input_safe, self.name, self._score, query, responses)
+        return await asyncio.to_thread(input_safe, self.name, self._score, query, responses)
 
 
 class GroundingRM:
@@ -174,7 +136,7 @@ class GroundingRM:
         if not query.documents:  # nothing to ground in: every candidate ties
             return [0.0 for _ in responses]
         return await asyncio.to_thread(
-            _input_safe,
+            input_safe,
             self.name,
             verifiers.grounding,
             query.question,

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from laser.server.engine_api import (
+from laser.server.engines.base import (
     Adapter,
     Completion,
     EngineBase,

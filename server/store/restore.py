@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterable
 
 from laser.bandit import LinUCB, LinUCBConfig, StateError, from_bytes
-from laser.server.store import LogStore
+from laser.server.store.base import LogStore
 
 log = logging.getLogger("laser.server")
 

@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from laser.server.breaker import BreakerCollector, CircuitBreaker
 from laser.server.config import BreakerSettings
 from laser.server.metrics import Metrics
-from laser.server.rewards import Query, RewardModel, RMInputError
+from laser.server.rms.base import Query, RewardModel, RMInputError
+from laser.server.rms.breaker import BreakerCollector, CircuitBreaker
 
 log = logging.getLogger("laser.server")
 

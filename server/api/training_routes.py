@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from laser.server.config import RewardModelSpec
-from laser.server.engine import Adapter, EngineError
+from laser.server.engines.vllm_engine import Adapter, EngineError
 from laser.server.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from laser.server.paths import PathNotAllowedError, PathOptionError, confine, confine_options
 from laser.server.protocol import PolicyAdapter, PolicyView, TrainingJob, TrainingJobList
@@ -101,8 +101,8 @@ async def _seed_items(
 
 @router.post("/training/jobs", status_code=201)
 async def submit_job(body: TrainingJobRequest, request: Request) -> TrainingJob:
+    from laser.server.api.routes import check_no_secret, check_outbound
     from laser.server.data import DataError, parse_item
-    from laser.server.routes import check_no_secret, check_outbound
 
     settings = request.app.state.settings
     roots = settings.api_path_roots

@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from laser.server.coalesce import Coalescer
 from laser.server.outbound import LOOPBACK, check_url, guarded_client
-from laser.server.rewards import Query, RMInputError
+from laser.server.rms.base import Query, RMInputError
+from laser.server.rms.coalesce import Coalescer
 
 INPUT_REFUSED = frozenset({400, 413, 422})
 """A remote RM's answers that blame the request (too large, malformed for it), not the RM:
@@ -127,7 +127,7 @@ class HFRewardModel:
 
 
 class RemoteRM:
-    """An RM behind HTTP, plain JSON protocol (documented in the README):
+    """An RM behind HTTP, plain JSON protocol (documented in docs/reward-models.md):
 
         POST <url>  {"question", "prompt", "documents", "task", "responses": [...]}
         200         {"scores": [float, ...]}   one per response, same order

@@ -1,6 +1,7 @@
 """The native routes (`/generate`, `/feedback`, `/health`, `/bandit`, `/metrics`) and the
 admin routes. Thin: each reads the reranker from `app.state` and calls one method of it.
-The OpenAI-compatible routes are in `openai_api.py`, training jobs in `training/api.py`."""
+The OpenAI-compatible routes are in `openai_routes.py`, training jobs in
+`training_routes.py`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from laser.server.auth import has_key, require_admin, require_user
+from laser.server.api.auth import has_key, require_admin, require_user
+from laser.server.api.generation import run_generate
 from laser.server.config import RewardModelSpec, Settings, redact
 from laser.server.errors import (
     BadRequestError,
@@ -20,10 +22,8 @@ from laser.server.errors import (
     ForbiddenError,
     UnprocessableError,
 )
-from laser.server.openai_api import run_generate
 from laser.server.outbound import HostNotAllowedError, check_url
 from laser.server.paths import PathOptionError, confine_options
-from laser.server.pipeline import Reranker
 from laser.server.protocol import (
     AdmissionStatus,
     ArmStatus,
@@ -40,6 +40,7 @@ from laser.server.protocol import (
     SnapshotResponse,
     StoreCounts,
 )
+from laser.server.reranker import Reranker
 from laser.server.services import outbound_urls
 
 native_router = APIRouter()
@@ -81,7 +82,7 @@ async def health(request: Request) -> HealthResponse:
         counts = StoreCounts(**await asyncio.wait_for(reranker.store.counts(), 2.0))
     except sqlite3.Error as exc:
         faults = [*faults, f"store: {redact(str(exc))}" if full else "store: unavailable"]
-    except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
+    except TimeoutError:
         faults = [*faults, "store: no answer within 2 s"]
     arms = reranker.summary().arms
     if not full:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from laser.server.errors import (
-    BadRequestError,
     ServiceUnavailableError,
     TooManyRequestsError,
     error_body,
@@ -33,7 +32,6 @@ from laser.server.errors import (
 if TYPE_CHECKING:
     from laser.server.config import Settings
     from laser.server.metrics import Metrics
-    from laser.server.protocol import GenerateRequest
 
 
 class Admission:
@@ -92,7 +90,7 @@ class Admission:
         self._gauges()
         try:
             await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._reject("queue_timeout")
             raise ServiceUnavailableError(
                 f"waited {self.queue_timeout_s:g} s for a free slot; the server is overloaded, "
@@ -121,59 +119,6 @@ class Admission:
             "max_queue": self.max_queue,
             "rejected": dict(self.rejected),
         }
-
-
-def check_input_size(req: GenerateRequest, settings: Settings) -> None:
-    """Refuse (400 `input_too_large`, naming the field) a prompt, messages, reference or
-    documents over the limits.
-
-    Checked before queueing: tokenizing megabytes of text would stall the event loop for
-    everyone, and such a request could never fit the model anyway (documents are cut to fit,
-    but only up to `max_document_chars`).
-
-        check_input_size(GenerateRequest(prompt="x" * 10**6), settings)  # BadRequestError
-    """
-    if req.messages is not None:
-        if len(req.messages) > settings.max_messages:
-            raise BadRequestError(
-                f"{len(req.messages)} messages; this server takes at most "
-                f"{settings.max_messages} (max_messages)",
-                param="messages",
-                code="input_too_large",
-            )
-        prompt_chars, param = sum(len(m.content) for m in req.messages), "messages"
-    else:
-        prompt_chars, param = len(req.prompt or ""), "prompt"
-    if prompt_chars > settings.max_prompt_chars:
-        raise BadRequestError(
-            f"{param} has {prompt_chars} characters; this server takes at most "
-            f"{settings.max_prompt_chars} (max_prompt_chars)",
-            param=param,
-            code="input_too_large",
-        )
-    if req.reference is not None and len(req.reference) > settings.max_reference_chars:
-        raise BadRequestError(
-            f"reference has {len(req.reference)} characters; this server takes at most "
-            f"{settings.max_reference_chars} (max_reference_chars)",
-            param="reference",
-            code="input_too_large",
-        )
-    docs = [req.document] if req.document is not None else list(req.documents or [])
-    if len(docs) > settings.max_documents:
-        raise BadRequestError(
-            f"{len(docs)} documents; this server takes at most {settings.max_documents} "
-            "(max_documents)",
-            param="documents",
-            code="input_too_large",
-        )
-    doc_chars = sum(len(d) for d in docs)
-    if doc_chars > settings.max_document_chars:
-        raise BadRequestError(
-            f"the documents have {doc_chars} characters together; this server takes at most "
-            f"{settings.max_document_chars} (max_document_chars)",
-            param="document" if req.document is not None else "documents",
-            code="input_too_large",
-        )
 
 
 class BodyLimitMiddleware:

@@ -9,34 +9,31 @@ queue up and go together in the next transaction (one fsync for the group). Each
 still returns only once its own decision is committed, so "acknowledged means durable"
 holds; a lone request pays exactly one commit, as before.
 
-The module also holds what both stores share (`Decision`, the row layout, `LogStore`, the
-errors), which is why it runs past 400 lines; `pg_store.py` is the PostgreSQL twin.
-
-Tables:
-- `decisions`: id, created, prompt, task, has_document, arm (the RM that scored), propensity,
-  selection (`bandit`: drawn from the bandit's policy; `forced`: the request named the RM;
-  `fallback`: the drawn RM failed and the next one scored; `none`: the RM could not matter,
-  one candidate or all candidates the same text, so feedback on it teaches no RM), context
-  (float64 bytes), scores (JSON list), chosen index, model, drawn_arm (the bandit's draw;
-  null when forced), probabilities (JSON: the bandit's policy over the eligible RMs for this
-  context). `propensity` is always that policy's probability of `arm`, also for forced and fallback
-  rows, which estimators exclude by `selection`.
-- `feedback`: seq (monotonic), decision id (unique: first feedback stands), reward, created
-- `snapshots`: seq, created, last feedback seq folded in, bandit state (laser.bandit bytes)
+What both stores share (`Decision`, the row layout, `LogStore`, the errors) is in
+`base.py`; `postgres.py` is the PostgreSQL twin. The tables are described there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+
+from laser.server.store.base import (
+    DECISION_COLUMNS,
+    DECISION_FIELDS,
+    Decision,
+    DuplicateFeedbackError,
+    FeedbackRow,
+    UnknownDecisionError,
+    decision_from_row,
+    decision_values,
+)
 
 T = TypeVar("T")
 
@@ -76,132 +73,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     state BLOB NOT NULL
 );
 """
-
-
-class UnknownDecisionError(KeyError):
-    """Feedback for an id the store never saw."""
-
-
-class DuplicateFeedbackError(ValueError):
-    """A second feedback for the same decision (the first one stands)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    id: str
-    created: float
-    prompt: str
-    task: str | None
-    has_document: bool
-    arm: str
-    propensity: float
-    selection: str
-    context: np.ndarray
-    scores: list[float | None]
-    chosen: int
-    model: str
-    drawn_arm: str | None = None
-    probabilities: dict[str, float] | None = None
-
-
-DECISION_COLUMNS = (
-    "id, created, prompt, task, has_document, arm, propensity, selection, context, scores, "
-    "chosen, model, drawn_arm, probabilities"
-)
-# Columns added after the first release: (name, type), added to older files on open.
+# Columns added after the first release: ALTERed into older files at open.
 _ADDED_COLUMNS = (("drawn_arm", "TEXT"), ("probabilities", "TEXT"))
-
-
-DECISION_FIELDS = tuple(c.strip() for c in DECISION_COLUMNS.split(","))
-
-
-def decision_values(d: Decision) -> tuple[Any, ...]:
-    """A decision as the values of `DECISION_COLUMNS`, in order (both stores write these)."""
-    return (
-        d.id,
-        d.created,
-        d.prompt,
-        d.task,
-        bool(d.has_document),
-        d.arm,
-        d.propensity,
-        d.selection,
-        np.asarray(d.context, dtype=np.float64).tobytes(),
-        json.dumps(d.scores),
-        d.chosen,
-        d.model,
-        d.drawn_arm,
-        None if d.probabilities is None else json.dumps(d.probabilities),
-    )
-
-
-def decision_from_row(row: Any) -> Decision:
-    """A `decisions` row (all `DECISION_COLUMNS`, in order) as a `Decision`."""
-    return Decision(
-        id=row[0],
-        created=row[1],
-        prompt=row[2],
-        task=row[3],
-        has_document=bool(row[4]),
-        arm=row[5],
-        propensity=row[6],
-        selection=row[7],
-        context=np.frombuffer(row[8], dtype=np.float64),
-        scores=json.loads(row[9]),
-        chosen=row[10],
-        model=row[11],
-        drawn_arm=row[12],
-        probabilities=None if row[13] is None else json.loads(row[13]),
-    )
-
-
-NO_SELECTION = "none"
-"""`Decision.selection` when no RM could matter (one candidate, or all of the same text)."""
-
-
-@dataclass(frozen=True)
-class FeedbackRow:
-    seq: int
-    decision_id: str
-    reward: float
-    arm: str
-    context: np.ndarray
-    selection: str = "bandit"
-
-    @property
-    def teaches(self) -> bool:
-        """Whether the bandit learns from it: not when its RM could not matter (`none`)."""
-        return self.selection != NO_SELECTION
-
-
-class LogStore(Protocol):
-    """What the reranker needs of a log: SQLite (`Store`) or PostgreSQL (`PgStore`)."""
-
-    shared: bool
-    """True when other replicas write to the same log (then it is also a `SharedLogStore`)."""
-
-    async def add_decision(self, d: Decision) -> None: ...
-    async def get_decision(self, decision_id: str) -> Decision | None: ...
-    async def add_feedback(self, decision_id: str, reward: float) -> tuple[int, Decision]: ...
-    def feedback_after(self, seq: int) -> list[FeedbackRow]: ...
-    async def answered_prompts(
-        self, limit: int, with_feedback: bool = True, since: float = 0.0, until: float = 1e18
-    ) -> list[tuple[str, str | None]]: ...
-    async def add_snapshot(self, feedback_seq: int, state: bytes) -> None: ...
-    def add_snapshot_sync(self, feedback_seq: int, state: bytes) -> None: ...
-    def latest_snapshot(self) -> tuple[int, bytes] | None: ...
-    async def put_reward_model(self, name: str, spec: str, enabled: bool) -> None: ...
-    def reward_model_rows(self) -> list[tuple[str, str, bool]]: ...
-    async def reward_models(self) -> list[tuple[str, str, bool]]: ...
-    async def counts(self) -> dict[str, int]: ...
-    def close(self) -> None: ...
-
-
-class SharedLogStore(LogStore, Protocol):
-    """A log several replicas write to: each follows the others' feedback and RM changes."""
-
-    async def feedback_since(self, seq: int) -> list[FeedbackRow]: ...
-    async def reward_model_changes(self, after: int) -> list[tuple[str, str, bool, int]]: ...
 
 
 class Store:

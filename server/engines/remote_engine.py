@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from laser.server.engine_api import (
+from laser.server.engines.base import (
     Adapter,
     Completion,
     EngineBase,

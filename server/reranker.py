@@ -25,9 +25,8 @@ import numpy as np
 
 from laser.bandit import LinUCB, Selection, from_bytes, to_bytes
 from laser.server import answers
-from laser.server.bandit_store import restore_bandit
 from laser.server.config import RewardModelSpec, Settings, redact
-from laser.server.engine_api import Adapter, Engine, EngineError, Generation, Sampling
+from laser.server.engines.base import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
     BadRequestError,
     ConflictError,
@@ -35,6 +34,7 @@ from laser.server.errors import (
     ServiceUnavailableError,
 )
 from laser.server.featurize import Featurizer
+from laser.server.limits import sampling_limits
 from laser.server.metrics import Metrics
 from laser.server.prompts import Prepared, prepare
 from laser.server.protocol import (
@@ -48,9 +48,9 @@ from laser.server.protocol import (
     PredictResponse,
     Usage,
 )
-from laser.server.rewards import Query, RewardModel
-from laser.server.rm_pool import AllRMsFailedError, RMPool
-from laser.server.store import (
+from laser.server.rms.base import Query, RewardModel
+from laser.server.rms.pool import AllRMsFailedError, RMPool
+from laser.server.store.base import (
     NO_SELECTION,
     Decision,
     DuplicateFeedbackError,
@@ -58,6 +58,7 @@ from laser.server.store import (
     SharedLogStore,
     UnknownDecisionError,
 )
+from laser.server.store.restore import restore_bandit
 
 log = logging.getLogger("laser.server")
 
@@ -197,17 +198,9 @@ class Reranker:
         return [sel.arm, *rest]
 
     def _limits(self, req: GenerateRequest) -> tuple[int, int]:
-        """(n, max_tokens) of a request, or a 400 when it asks for more than allowed."""
-        s = self.settings
-        n = req.n or s.n_default
-        if n > s.n_max:
-            raise BadRequestError(f"n={n} is above this server's limit of {s.n_max}", param="n")
-        max_tokens = req.max_tokens or s.max_tokens_default
-        if max_tokens > s.max_tokens_limit:
-            raise BadRequestError(
-                f"max_tokens={max_tokens} is above this server's limit of {s.max_tokens_limit}",
-                param="max_tokens",
-            )
+        """(n, max_tokens) of a request, or a 400 over a limit (`limits.py`); a 409 or 400
+        for a forced RM that is disabled, could not be built or does not exist."""
+        n, max_tokens = sampling_limits(req, self.settings)
         forced = req.reward_model
         if forced is not None and (
             forced in self.unavailable
