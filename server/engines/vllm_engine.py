@@ -435,9 +435,10 @@ class VLLMEngine(EngineBase):
         """Stop vLLM's engine process now, and let go of the engine object while Python is
         whole: left to interpreter exit, `AsyncLLM.__del__` runs its shutdown again against
         torn-down modules and prints a Traceback after a successful run."""
-        llm, self._llm = self._llm, None
-        if llm is None:
+        llm = getattr(self, "_llm", None)
+        if llm is None:  # shut down already
             return
+        del self._llm
         try:
             llm.shutdown()
         except Exception as exc:  # shutting down anyway
