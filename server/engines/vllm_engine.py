@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from laser.server.engines.base import (
@@ -26,6 +24,14 @@ from laser.server.engines.base import (
     EngineError,
     Generation,
     Sampling,
+)
+from laser.server.engines.likelihood import (
+    Scored,
+    digest,
+    fill_from_siblings,
+    loglik_params,
+    mean_known,
+    token_logprobs,
 )
 
 log = logging.getLogger("laser.server")
@@ -48,35 +54,7 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
-@dataclass
-class _Scored:
-    """One continuation's likelihood request: its token ids, the first continuation
-    position, and the per-token logprobs known so far (position -> logprob)."""
-
-    ids: list[int]
-    first: int
-    known: dict[int, float]
-    prompt: Any
-
-
 SAMPLED_LLS_MAX = 8192  # samples whose logprobs are kept for the loglik RM
-
-
-def _digest(prompt: str) -> bytes:
-    return hashlib.blake2b(prompt.encode(), digest_size=16).digest()
-
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """
-    >>> _common_prefix_len([1, 2, 3], [1, 2, 4, 5])
-    2
-    """
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 SMALL_CPU = 4  # cores: up to this many, `auto` gives the model every core
@@ -267,7 +245,7 @@ class VLLMEngine(EngineBase):
     def keep_samples(self, prompt: str, completions: Sequence[Completion]) -> int:
         """Restore the kept sampling logprobs of completions generated earlier (e.g. read back
         from a cache), so the loglik RM scores them without an engine pass; returns how many."""
-        key = _digest(prompt)
+        key = digest(prompt)
         n = 0
         for c in completions:
             if c.sampled_ids and c.sampled_logprob is not None and c.text:
@@ -307,7 +285,7 @@ class VLLMEngine(EngineBase):
         over these ids would compute, up to float rounding. `loglikelihoods` scores the
         text by these ids (also when the tokenizer would split the text differently). A
         trailing end-of-sequence token is not part of the text."""
-        key = _digest(prompt)
+        key = digest(prompt)
         eos = self.tokenizer.eos_token_id
         kept: dict[str, tuple[list[int], float]] = {}
         for o in outputs:
@@ -330,106 +308,69 @@ class VLLMEngine(EngineBase):
     ) -> list[float]:
         """See `Engine.loglikelihoods`. `reuse_prefix=False` reuses nothing (neither the
         logprobs kept from generation nor the prefix cache): every continuation's prompt is
-        prefilled from scratch, for comparisons."""
-        from vllm import SamplingParams, TokensPrompt
+        prefilled from scratch, for comparisons.
 
+        Stages: one request per distinct continuation, all at once (vLLM batches them; none
+        for a sample this engine just generated for this prefix); positions the prefix cache
+        skipped are filled from siblings that computed them; what is still missing is
+        prefilled again from scratch; then each continuation's mean token logprob."""
         if self._logprobs_via_hf:
             return await self._hf_loglikelihoods(prefix, continuations)
-        from vllm.sampling_params import RequestOutputKind
-
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-
-        def params(reuse: bool) -> Any:
-            # vLLM skips the prefix cache for prompt-logprob requests by default: it returns
-            # logprobs only for the tokens it computes. Only the continuation's are needed,
-            # so the shared prefix (a long document, computed by the generation request or
-            # the first candidate) may come from the cache: one prefill instead of n.
-            # detokenize=False: the per-token strings of a long prompt are never read.
-            return SamplingParams(
-                max_tokens=1,
-                prompt_logprobs=0,
-                detokenize=False,
-                skip_reading_prefix_cache=not reuse,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-
-        key = _digest(prefix)
-
-        async def scored(text: str) -> _Scored | float:
-            """The mean logprob kept from sampling this very text; otherwise the logprobs of
-            the continuation's tokens that vLLM computed for this request: those past the
-            part it took from the prefix cache."""
-            # A text sampled here is scored as the tokens it was sampled as: sampling can split
-            # a word differently from the tokenizer, and that split is what the model gave.
-            kept = self._sampled_lls.get((key, text))
-            if kept is not None and reuse_prefix:
-                self.loglik_tokens["from_generation"] += 1
-                return kept[1]
-            cont = (
-                kept[0]
-                if kept is not None
-                else self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            )
-            if not cont:
-                return float("-inf")
-            ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
-            prompt = TokensPrompt(prompt_token_ids=ids)
-            out = await self._final(prompt, params(reuse_prefix))
-            cached = out.num_cached_tokens if reuse_prefix else 0
-            if cached is None:  # not reported: nothing known to be computed
-                out, cached = await self._final(prompt, params(False)), 0
-            self.loglik_tokens["prompt"] += len(ids)
-            self.loglik_tokens["cached"] += cached
-            self.loglik_tokens["engine_passes"] += 1
-            # Token i's logprob comes from position i-1, computed only if i-1 >= cached.
-            first = max(len(ids) - len(cont), 1)
-            lps = out.prompt_logprobs or []
-            known = {
-                i: lps[i][ids[i]].logprob
-                for i in range(max(first, cached + 1), len(ids))
-                if lps[i] and ids[i] in lps[i]
-            }
-            return _Scored(ids, first, known, prompt)
-
-        # One request per distinct continuation (none for samples this engine just generated
-        # for this prompt), all submitted at once: vLLM batches them.
+        key = digest(prefix)
         distinct = list(dict.fromkeys(continuations))
-        results = await asyncio.gather(*(scored(t) for t in distinct))
-        requests = [r for r in results if isinstance(r, _Scored)]
-        redo: list[_Scored] = []
-        for r in requests:
-            missing = [i for i in range(r.first, len(r.ids)) if i not in r.known]
-            if not missing:
-                continue
-            # The cache reached into this continuation (its own generation, or another
-            # candidate with the same first tokens past a block boundary). Token i's logprob
-            # depends only on tokens 0..i, so a sibling that computed position i with the same
-            # tokens up to i has it; failing that, this continuation is scored from scratch.
-            for other in requests:
-                if other is not r:
-                    same = _common_prefix_len(other.ids, r.ids)
-                    for i in missing:
-                        if i < same and i in other.known:
-                            r.known.setdefault(i, other.known[i])
-            if any(i not in r.known for i in missing):
-                redo.append(r)
-        outs = await asyncio.gather(*(self._final(r.prompt, params(False)) for r in redo))
-        for r, out in zip(redo, outs, strict=True):
-            lps = out.prompt_logprobs or []
-            r.known = {
-                i: lps[i][r.ids[i]].logprob
-                for i in range(r.first, len(r.ids))
-                if lps[i] and r.ids[i] in lps[i]
-            }
-            self.loglik_tokens["rescored"] += 1
-        scores: dict[str, float] = {}
-        for text, res in zip(distinct, results, strict=True):
-            if isinstance(res, _Scored):
-                vals = [res.known[i] for i in range(res.first, len(res.ids)) if i in res.known]
-                scores[text] = sum(vals) / len(vals) if vals else float("-inf")
-            else:
-                scores[text] = res
+        results = await asyncio.gather(
+            *(self._score_continuation(key, prefix_ids, t, reuse_prefix) for t in distinct)
+        )
+        requests = [r for r in results if isinstance(r, Scored)]
+        await self._rescore(fill_from_siblings(requests))
+        scores = {
+            text: mean_known(res) if isinstance(res, Scored) else res
+            for text, res in zip(distinct, results, strict=True)
+        }
         return [scores[t] for t in continuations]
+
+    async def _score_continuation(
+        self, key: bytes, prefix_ids: list[int], text: str, reuse_prefix: bool
+    ) -> Scored | float:
+        """The mean logprob kept from sampling this very text; otherwise the logprobs of the
+        continuation's tokens that vLLM computed for this request: those past the part it
+        took from the prefix cache."""
+        from vllm import TokensPrompt
+
+        # A text sampled here is scored as the tokens it was sampled as: sampling can split
+        # a word differently from the tokenizer, and that split is what the model gave.
+        kept = self._sampled_lls.get((key, text))
+        if kept is not None and reuse_prefix:
+            self.loglik_tokens["from_generation"] += 1
+            return kept[1]
+        cont = (
+            kept[0]
+            if kept is not None
+            else self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+        if not cont:
+            return float("-inf")
+        ids = (prefix_ids + cont)[-(self.max_model_len - 1) :]
+        prompt = TokensPrompt(prompt_token_ids=ids)
+        out = await self._final(prompt, loglik_params(reuse_prefix))
+        cached = out.num_cached_tokens if reuse_prefix else 0
+        if cached is None:  # not reported: nothing known to be computed
+            out, cached = await self._final(prompt, loglik_params(False)), 0
+        self.loglik_tokens["prompt"] += len(ids)
+        self.loglik_tokens["cached"] += cached
+        self.loglik_tokens["engine_passes"] += 1
+        # Token i's logprob comes from position i-1, computed only if i-1 >= cached.
+        first = max(len(ids) - len(cont), 1)
+        known = token_logprobs(out, ids, max(first, cached + 1))
+        return Scored(ids, first, known, prompt)
+
+    async def _rescore(self, redo: list[Scored]) -> None:
+        """Prefill these continuations from scratch: every position computed, none cached."""
+        outs = await asyncio.gather(*(self._final(r.prompt, loglik_params(False)) for r in redo))
+        for r, out in zip(redo, outs, strict=True):
+            r.known = token_logprobs(out, r.ids, r.first)
+            self.loglik_tokens["rescored"] += 1
 
     def shutdown(self) -> None:
         """Stop vLLM's engine process now, and let go of the engine object while Python is
