@@ -11,7 +11,24 @@ def _f(v: float, digits: int = 0) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The results as Markdown tables (what `laser-server bench` prints)."""
+    """The results as Markdown tables (what `laser-server bench` prints): one function per
+    paragraph or table, in this order."""
+    lines = [
+        *_comparison(results),
+        *_scoring(results),
+        *_targets(results),
+        *_overhead(results),
+        *_in_process(results),
+        *_loglik_sources(results),
+        *_concurrency(results),
+        *_n_scaling(results),
+        *_doc_scaling(results),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _comparison(results: dict[str, Any]) -> list[str]:
+    """The machine and the run, then every variant against engine + one RM and the floor."""
     m, cfg = results["machine"], results["config"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, load average "
@@ -33,23 +50,32 @@ def markdown(results: dict[str, Any]) -> str:
         )
     picked = results["comparison"]["rm_picked"]
     counts = {rm: picked.count(rm) for rm in dict.fromkeys(picked)}
-    lines += [
+    return [
+        *lines,
         "",
         "RMs the bandit picked in those rounds: "
         + ", ".join(f"{k} {v}" for k, v in counts.items()),
     ]
+
+
+def _scoring(results: dict[str, Any]) -> list[str]:
+    """RM scoring per request: LASeR's one RM against the ensemble (when measured)."""
     sc = results["comparison"].get("scoring")
-    if sc:
-        per = ", ".join(f"{k} {_f(v)}" for k, v in sc["per_rm_ms"].items())
-        lines += [
-            "",
-            f"RM scoring per request (ms, mean of the rounds): LASeR as served (the one RM the "
-            f"bandit picked) {_f(sc['laser_served_ms'])}, the same RM in process "
-            f"{_f(sc['one_rm_in_process_ms'])}; the ensemble of {sc['k']} "
-            f"{_f(sc['ensemble_ms'])} (RMs run at once; {_f(sc['ensemble_sum_of_rms_ms'])} "
-            f"summed: {per}). LASeR / ensemble: {_f(sc['laser_vs_ensemble'], 2)}.",
-        ]
-    lines += [
+    if not sc:
+        return []
+    per = ", ".join(f"{k} {_f(v)}" for k, v in sc["per_rm_ms"].items())
+    return [
+        "",
+        f"RM scoring per request (ms, mean of the rounds): LASeR as served (the one RM the "
+        f"bandit picked) {_f(sc['laser_served_ms'])}, the same RM in process "
+        f"{_f(sc['one_rm_in_process_ms'])}; the ensemble of {sc['k']} "
+        f"{_f(sc['ensemble_ms'])} (RMs run at once; {_f(sc['ensemble_sum_of_rms_ms'])} "
+        f"summed: {per}). LASeR / ensemble: {_f(sc['laser_vs_ensemble'], 2)}.",
+    ]
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "| target | measured | goal | met |",
         "|---|---:|---|---|",
@@ -60,16 +86,24 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {t['target']} | {_f(t['measured'], 2)}{unit} | {t['goal']} | "
             f"{'yes' if t['met'] else '**no**'} |"
         )
+    return lines
+
+
+def _overhead(results: dict[str, Any]) -> list[str]:
     o = results["overhead"]
-    lines += [
+    return [
         "",
         f"Server overhead (client wall time minus generation and scoring), {o['requests']} "
         f"sequential requests from a client in another process: p50 {_f(o['p50_ms'], 1)} ms, "
         f"p99 {_f(o['p99_ms'], 1)} ms. Parts (p50): "
         + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in o["parts_p50_ms"].items())
         + ".",
-        *_in_process(results),
-        *_loglik_sources(results),
+    ]
+
+
+def _concurrency(results: dict[str, Any]) -> list[str]:
+    """Throughput and latency per concurrency, then what the server spent them on."""
+    lines = [
         "",
         "| concurrency | requests | server req/s | p50 (ms) | p90 (ms) | p99 (ms) | refused "
         "| engine alone req/s | server / engine |",
@@ -91,7 +125,11 @@ def markdown(results: dict[str, Any]) -> str:
                 + f"; per request (mean): scoring {_f(row['score_ms_mean'])} ms, store "
                 f"{_f(row['store_ms_mean'], 1)} ms, generation {_f(row['generate_ms_mean'])} ms"
             )
-    lines += [
+    return lines
+
+
+def _n_scaling(results: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "| n | server p50 (ms) | engine alone p50 (ms) | server / engine | server vs n=1 |",
         "|---:|---:|---:|---:|---:|",
@@ -101,7 +139,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['n']} | {_f(row['server_p50_ms'])} | {_f(row['engine_p50_ms'])} | "
             f"{_f(row['vs_floor'], 2)}x | {_f(row['server_vs_n1'], 2)}x |"
         )
-    lines += [
+    return lines
+
+
+def _doc_scaling(results: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "| document (target tokens) | document tokens | prompt tokens "
         "| NEW document: server p50 (ms) | engine alone p50 (ms) | server / engine "
@@ -122,7 +164,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_f(row['server_cached_p50_ms'])} | {_f(row['engine_cached_p50_ms'])} "
             f"| {', '.join(row['rm_picked'])} | {ll} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _loglik_sources(results: dict[str, Any]) -> list[str]:

@@ -1,473 +1,22 @@
-"""The bench itself: every variant on the same prompts, concurrency, n and document scaling,
-the server's overhead, and the targets met or not.
-
-Over 400 lines on purpose: `_Bench` is one object whose methods are the bench's sections,
-sharing the loaded engine, RMs, HTTP client and prompt counter; split, they would pass that
-state around instead.
+"""`run_bench`: the server started in this process next to the in-process alternatives, then
+every section of the bench (`sections.Bench`), and the results with the targets met or not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import statistics
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from laser.server.benchmark.config import (
-    DOC_QUESTION,
-    PROMPTS,
-    VARIANTS,
-    BenchConfig,
-    machine_info,
-    make_document,
-    pct,
-    summary_ms,
-    timed,
-)
-from laser.server.benchmark.summary import loglik_row, overhead, targets
-from laser.server.prompts import format_documents
+from laser.server.benchmark.config import PROMPTS, BenchConfig, machine_info
+from laser.server.benchmark.sections import Bench
+from laser.server.benchmark.summary import overhead, targets
 
 if TYPE_CHECKING:
     from laser.server.config import Settings
     from laser.server.services import Services
-
-
-# -- the run ------------------------------------------------------------------------------------
-class _Bench:
-    def __init__(self, config: BenchConfig, settings: Settings, services: Services) -> None:
-        self.cfg, self.settings, self.svc = config, settings, services
-        self.engine = services.engine
-        self.rms = services.reward_models(settings.reward_models)
-        self.url = ""
-        self.http: Any = None
-        # (client wall ms, reply) of every sequential short-prompt request: the overhead sample
-        self.sequential: list[tuple[float, dict[str, Any]]] = []
-        self.hf: Any = None
-        # RM scoring wall times (ms) in the side-by-side rounds: the one RM the bandit picked
-        # (in process), the ensemble (all RMs at once, as it runs) and each RM within it.
-        self.scoring: dict[str, list[float]] = {"one_rm": [], "ensemble": []}
-        self.per_rm: dict[str, list[float]] = {name: [] for name in self.rms}
-        self._seq = 0
-        self.log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
-
-    def tag(self, text: str) -> str:
-        """`text` made unique per call: vLLM's prefix cache must not let one variant reuse
-        the prefill of the same prompt sent just before by another (with long documents the
-        prefill is most of the cost)."""
-        self._seq += 1
-        return f"[{self._seq}] {text}"
-
-    def chat(self, question: str) -> str:
-        return str(self.engine.render_chat([{"role": "user", "content": question}]))
-
-    # .. the alternatives, in process ..........................................................
-    def _sampling(self, n: int) -> Any:
-        from laser.server.engines.base import Sampling
-
-        return Sampling(n=n, max_tokens=self.cfg.max_tokens, temperature=0.8, top_p=1.0)
-
-    def _query(self, question: str, prompt: str, documents: Sequence[str] = ()) -> Any:
-        from laser.server.rms.base import Query
-
-        return Query(question, prompt, list(documents))
-
-    async def _score(self, rm: str, question: str, prompt: str, texts: list[str]) -> list[float]:
-        scores: list[float] = await self.rms[rm].score(self._query(question, prompt), texts)
-        return scores
-
-    async def engine_only(self, prompt: str, n: int) -> Any:
-        return await self.engine.generate(prompt, self._sampling(n))
-
-    async def engine_rm(self, question: str, prompt: str, n: int, rm: str) -> int:
-        gen = await self.engine_only(prompt, n)
-        texts = [c.text for c in gen.completions]
-        ms, scores = await timed(self._score(rm, question, prompt, texts))
-        self.scoring["one_rm"].append(ms)
-        return int(np.argmax(scores))
-
-    async def ensemble(self, question: str, prompt: str, n: int) -> int:
-        from laser.server.rms.builtin import normalized_mean
-
-        gen = await self.engine_only(prompt, n)
-        texts = [c.text for c in gen.completions]
-
-        async def one(rm: str) -> list[float]:
-            ms, scores = await timed(self._score(rm, question, prompt, texts))
-            self.per_rm[rm].append(ms)
-            return list(scores)
-
-        ms, lists = await timed(asyncio.gather(*(one(rm) for rm in self.rms)))
-        self.scoring["ensemble"].append(ms)
-        return int(np.argmax(normalized_mean(lists)))
-
-    async def naive_loop(self, question: str, prompt: str, n: int, rm: str) -> int:
-        texts = []
-        for _ in range(n):
-            gen = await self.engine_only(prompt, 1)
-            texts.append(gen.completions[0].text)
-        scores = await self._score(rm, question, prompt, texts)
-        return int(np.argmax(scores))
-
-    def _load_hf(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from laser.server import assets
-
-        path = self.settings.engine.model or str(assets.embedded_model(self.settings.model_cache))
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.eval()  # type: ignore[no-untyped-call]
-        torch.manual_seed(0)
-        self.hf = (tok, model, torch)
-
-    def _hf_generate(self, prompt: str, n: int) -> list[str]:
-        tok, model, torch = self.hf
-        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-        # One torch thread, as vLLM's CPU engine uses for serving: more threads spin-wait
-        # against each other on a busy machine (a forward pass got ~10x slower with 2 here).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                out = model.generate(
-                    **ids,
-                    do_sample=True,
-                    temperature=0.8,
-                    top_p=1.0,
-                    max_new_tokens=self.cfg.max_tokens,
-                    num_return_sequences=n,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                )
-        finally:
-            torch.set_num_threads(threads)
-        start = ids["input_ids"].shape[1]
-        return [tok.decode(o[start:], skip_special_tokens=True) for o in out]
-
-    async def naive_hf(self, question: str, prompt: str, n: int, rm: str) -> int:
-        texts = await asyncio.to_thread(self._hf_generate, prompt, n)
-        scores = await self._score(rm, question, prompt, texts)
-        return int(np.argmax(scores))
-
-    # .. the server over HTTP ....................................................................
-    async def post(self, body: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-        """(client wall ms, status, reply); the reply gains `server_app_ms`, the app's own
-        time from its `Server-Timing` header (arrival to response headers)."""
-        t = time.perf_counter()
-        r = await self.http.post(self.url + "/generate", json=body)
-        ms = (time.perf_counter() - t) * 1000
-        data: dict[str, Any] = r.json()
-        timing = r.headers.get("server-timing", "")
-        if timing.startswith("app;dur="):
-            data["server_app_ms"] = float(timing.split("=", 1)[1])
-        return ms, r.status_code, data
-
-    async def server(self, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        ms, status, data = await self.post(body)
-        if status != 200:
-            raise RuntimeError(f"/generate answered {status}: {data}")
-        return ms, data
-
-    def variant(self, name: str, question: str, prompt: str, n: int, rm: str) -> Awaitable[Any]:
-        """One run of an in-process alternative (not the server)."""
-        if name == "engine":
-            return self.engine_only(prompt, n)
-        if name == "ensemble":
-            return self.ensemble(question, prompt, n)
-        call = {
-            "engine_rm": self.engine_rm,
-            "naive_loop": self.naive_loop,
-            "naive_hf": self.naive_hf,
-        }
-        return call[name](question, prompt, n, rm)
-
-    # .. sections ................................................................................
-    async def comparison(self) -> dict[str, Any]:
-        """Each round: the server first (its RM pick fixes the RM of the others), then the
-        alternatives in a rotating order, so slow drift of the machine spreads evenly."""
-        cfg, n = self.cfg, self.cfg.n
-        # Scoring times from these rounds only (not the warm-up, which compiles and loads).
-        self.scoring = {"one_rm": [], "ensemble": []}
-        self.per_rm = {name: [] for name in self.rms}
-        wall: dict[str, list[float]] = {k: [] for k in VARIANTS if k != "naive_hf" or cfg.naive_hf}
-        picked: list[str] = []
-        others = [k for k in wall if k != "server"]
-        for r in range(cfg.rounds):
-            base_q = PROMPTS[r % len(PROMPTS)]
-            body = {"prompt": self.tag(base_q), "n": n, "max_tokens": cfg.max_tokens}
-            ms, data = await self.server(body)
-            wall["server"].append(ms)
-            self.sequential.append((ms, data))
-            rm = data["reward_model"]
-            picked.append(rm)
-            k = r % len(others)
-            for name in others[k:] + others[:k]:
-                question = self.tag(base_q)
-                prompt = self.chat(question)
-                ms, _ = await timed(self.variant(name, question, prompt, n, rm))
-                wall[name].append(ms)
-            self.log(
-                f"  round {r + 1}/{cfg.rounds} (RM {rm}): "
-                + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in wall.items())
-            )
-        served_scoring = [r["timings_ms"]["score"] for _, r in self.sequential[-cfg.rounds :]]
-        base = statistics.fmean(wall["engine_rm"])
-        floor = statistics.fmean(wall["engine"])
-        rows = {
-            name: {
-                "label": VARIANTS[name],
-                **summary_ms(ms),
-                # Ratio of means = ratio of throughputs at concurrency 1.
-                "vs_engine_rm": statistics.fmean(ms) / base,
-                "vs_floor": statistics.fmean(ms) / floor,
-                # The median of each round's own ratio shrugs off a round hit by a load spike.
-                "median_round_vs_engine_rm": statistics.median(
-                    a / b for a, b in zip(ms, wall["engine_rm"], strict=True)
-                ),
-            }
-            for name, ms in wall.items()
-        }
-        return {
-            "rows": rows,
-            "rm_picked": picked,
-            "n": n,
-            "rounds_ms": wall,
-            "scoring": self._scoring_summary(served_scoring),
-        }
-
-    def _scoring_summary(self, served: list[float]) -> dict[str, Any]:
-        """RM scoring time per request: LASeR's one RM against the ensemble's K."""
-        k = len(self.rms)
-        ensemble = statistics.fmean(self.scoring["ensemble"])
-        per_rm = {rm: statistics.fmean(ms) for rm, ms in self.per_rm.items() if ms}
-        laser = statistics.fmean(served)
-        return {
-            "k": k,
-            "laser_served_ms": laser,
-            "one_rm_in_process_ms": statistics.fmean(self.scoring["one_rm"]),
-            "ensemble_ms": ensemble,
-            "ensemble_sum_of_rms_ms": sum(per_rm.values()),
-            "per_rm_ms": per_rm,
-            "laser_vs_ensemble": laser / ensemble,
-            "goal": 1 / k + 0.10,
-        }
-
-    async def _closed_loop(
-        self, kind: str, c: int, total: int, replies: list[dict[str, Any]] | None = None
-    ) -> tuple[list[float], int, float]:
-        """`total` requests from `c` clients; (latencies of the answered, refused, seconds).
-        The server's answers are appended to `replies` when given."""
-        cfg = self.cfg
-        lat: list[float] = []
-        refused = 0
-        left = list(range(total))
-
-        async def client() -> None:
-            nonlocal refused
-            while left:
-                question = self.tag(PROMPTS[left.pop() % len(PROMPTS)])
-                if kind == "server":
-                    body = {"prompt": question, "n": cfg.n, "max_tokens": cfg.max_tokens}
-                    ms, status, data = await self.post(body)
-                    if status != 200:  # 429/503 under back-pressure: counted, not retried
-                        refused += 1
-                        continue
-                    if replies is not None:
-                        replies.append(data)
-                else:
-                    ms, _ = await timed(self.engine_only(self.chat(question), cfg.n))
-                lat.append(ms)
-
-        t = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(c)))
-        return lat, refused, time.perf_counter() - t
-
-    async def concurrency(self) -> list[dict[str, Any]]:
-        """Closed loop: `c` clients each send their next request as soon as one returns."""
-        cfg = self.cfg
-        out = []
-        for c in cfg.concurrency:
-            total = cfg.requests_at(c)
-            row: dict[str, Any] = {"concurrency": c, "requests": total}
-            replies: list[dict[str, Any]] = []
-            for kind in ("server", "engine"):
-                lat, refused, secs = await self._closed_loop(kind, c, total, replies)
-                row[kind] = {
-                    "ok": len(lat),
-                    "refused": refused,
-                    "seconds": secs,
-                    "rps": len(lat) / secs,
-                    **summary_ms(lat),
-                }
-            row["throughput_vs_engine"] = row["server"]["rps"] / row["engine"]["rps"]
-            # Where the server's time goes beyond generation: the RMs it picked and their
-            # scoring (an LM-pass RM such as `judge` takes engine time), and its own stages.
-            picks = [r["reward_model"] for r in replies]
-            row["rm_picked"] = {rm: picks.count(rm) for rm in sorted(set(picks))}
-            for stage in ("generate", "score", "featurize", "store"):
-                row[f"{stage}_ms_mean"] = (
-                    statistics.fmean(r["timings_ms"].get(stage, 0.0) for r in replies)
-                    if replies
-                    else 0.0
-                )
-            self.log(
-                f"  concurrency {c}: server {row['server']['rps']:.2f} req/s, "
-                f"engine {row['engine']['rps']:.2f} req/s"
-            )
-            out.append(row)
-        return out
-
-    async def n_scaling(self) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        rows = []
-        for n in cfg.ns:
-            server, floor = [], []
-            for i in range(cfg.ns_requests):
-                question = PROMPTS[i % len(PROMPTS)]
-                ms, data = await self.server(
-                    {"prompt": self.tag(question), "n": n, "max_tokens": cfg.max_tokens}
-                )
-                server.append(ms)
-                self.sequential.append((ms, data))
-                prompt = self.chat(self.tag(question))
-                floor.append((await timed(self.engine_only(prompt, n)))[0])
-            rows.append(
-                {
-                    "n": n,
-                    "server_p50_ms": pct(server, 50),
-                    "engine_p50_ms": pct(floor, 50),
-                    "vs_floor": statistics.fmean(server) / statistics.fmean(floor),
-                }
-            )
-            self.log(f"  n={n}: server {pct(server, 50):.0f} ms, engine {pct(floor, 50):.0f} ms")
-        for row in rows:
-            row["server_vs_n1"] = row["server_p50_ms"] / rows[0]["server_p50_ms"]
-        return rows
-
-    async def external_client(self, requests: int) -> list[tuple[float, dict[str, Any]]]:
-        """`requests` sequential short /generate calls from a client in ANOTHER process (as
-        real clients are): (client wall ms, reply with `server_app_ms`) each. The bench's own
-        client shares the server's process and event loop, which adds its parsing to what
-        looks like the server's overhead."""
-        script = (
-            "import json, sys, time, httpx\n"
-            "url, n, max_tokens, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), "
-            "int(sys.argv[4])\n"
-            "out = []\n"
-            "with httpx.Client(timeout=600) as c:\n"
-            "    for i in range(count + 1):\n"
-            "        body = {'prompt': f'({i}) ' + sys.argv[5 + i % (len(sys.argv) - 5)], "
-            "'n': n, 'max_tokens': max_tokens}\n"
-            "        t = time.perf_counter()\n"
-            "        r = c.post(url + '/generate', json=body)\n"
-            "        ms = (time.perf_counter() - t) * 1000\n"
-            "        r.raise_for_status()\n"
-            "        d = r.json()\n"
-            "        d['server_app_ms'] = float(r.headers['server-timing'].split('=', 1)[1])\n"
-            "        if i:  # the first one warms the connection\n"
-            "            out.append([ms, d])\n"
-            "print(json.dumps(out))\n"
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, self.url, str(self.cfg.n), str(self.cfg.max_tokens),
-            str(requests), *[self.tag(p) for p in PROMPTS],
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"external client failed: {err.decode()[-2000:]}")
-        return [(float(ms), reply) for ms, reply in json.loads(out)]
-
-    async def _loglik_pair(
-        self, prompt: str, texts: list[str], out: dict[str, list[float]]
-    ) -> None:
-        """The `loglik` RM's likelihoods of `texts` right after their generation: as serving
-        computes them (logprobs kept from sampling; otherwise the prompt's KV from vLLM's
-        prefix cache) and from scratch (one full prefill per sample), alternating which
-        goes first. Only for the in-process vLLM engine; skipped otherwise."""
-        from laser.server.engines.vllm_engine import VLLMEngine
-
-        engine = self.engine
-        if not isinstance(engine, VLLMEngine) or engine.supports_adapters:
-            return
-        order = ("reuse", "scratch") if len(out["reuse"]) % 2 == 0 else ("scratch", "reuse")
-        for how in order:
-            ms, _ = await timed(engine.loglikelihoods(prompt, texts, reuse_prefix=how == "reuse"))
-            out[how].append(ms)
-
-    async def doc_scaling(self) -> list[dict[str, Any]]:
-        """Documents of about 1k/4k/8k tokens; each target is capped so that the rendered
-        prompt plus max_tokens fits the engine's context (the table says what it was)."""
-        cfg = self.cfg
-        tok = self.engine.tokenizer
-        template = self.engine.count_tokens(
-            self.engine.render_chat(
-                [{"role": "user", "content": format_documents(DOC_QUESTION, ["x"])}]
-            )
-        )
-        room = self.engine.max_model_len - cfg.max_tokens - template - 16  # 16: the tag
-        rows = []
-        for target in cfg.doc_tokens:
-            doc = make_document(tok, min(target, room))
-            server, floor, rms = [], [], []
-            server_cached, floor_cached = [], []
-            loglik: dict[str, list[float]] = {"reuse": [], "scratch": []}
-            prompt_tokens, truncated = 0, False
-            for _ in range(cfg.doc_requests):
-                body = {
-                    "prompt": DOC_QUESTION,
-                    "document": self.tag(doc),
-                    "n": cfg.n,
-                    "max_tokens": cfg.max_tokens,
-                }
-                ms, data = await self.server(body)
-                server.append(ms)
-                rms.append(data["reward_model"])
-                prompt_tokens = data["usage"]["prompt_tokens"]
-                truncated = truncated or data["document_truncated"]
-                # The same document again: its prefill comes from vLLM's prefix cache.
-                server_cached.append((await self.server(body))[0])
-                prompt = self.chat(format_documents(DOC_QUESTION, [self.tag(doc)]))
-                ms, gen = await timed(self.engine_only(prompt, cfg.n))
-                floor.append(ms)
-                floor_cached.append((await timed(self.engine_only(prompt, cfg.n)))[0])
-                await self._loglik_pair(prompt, [c.text for c in gen.completions], loglik)
-            rows.append(
-                {
-                    "target_tokens": target,
-                    "document_tokens": self.engine.count_tokens(doc),
-                    "prompt_tokens": prompt_tokens,
-                    "truncated": truncated,
-                    "rm_picked": rms,
-                    "server_p50_ms": pct(server, 50),
-                    "engine_p50_ms": pct(floor, 50),
-                    "vs_floor": statistics.fmean(server) / statistics.fmean(floor),
-                    "server_cached_p50_ms": pct(server_cached, 50),
-                    "engine_cached_p50_ms": pct(floor_cached, 50),
-                    "cached_vs_floor": statistics.fmean(server_cached)
-                    / statistics.fmean(floor_cached),
-                    **loglik_row(loglik),
-                }
-            )
-            self.log(
-                f"  document ~{target} tokens (prompt {prompt_tokens}): new: server "
-                f"{pct(server, 50):.0f} ms, engine {pct(floor, 50):.0f} ms; cached: server "
-                f"{pct(server_cached, 50):.0f} ms, engine {pct(floor_cached, 50):.0f} ms"
-                + (
-                    f"; loglik of {cfg.n}: {rows[-1]['loglik_reuse_ms']:.0f} ms as served, "
-                    f"{rows[-1]['loglik_scratch_ms']:.0f} ms from scratch"
-                    if loglik["reuse"]
-                    else ""
-                )
-            )
-        return rows
 
 
 POLICY_RM = "policy-rm"
@@ -508,49 +57,90 @@ async def run_bench(
     if config.portfolio == "realistic":
         settings = await asyncio.to_thread(with_policy_sized_rm, settings)
     svc = load_services(settings) if services is None else services
-    bench = _Bench(config, settings, svc)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    bench = Bench(config, settings, svc)
+    port = _free_port()
     server = http_server(build_app(settings, svc), settings, port=port)
     serving = asyncio.ensure_future(server.serve())
     t_start = time.perf_counter()
     try:
-        for _ in range(6000):
-            if server.started or serving.done():
-                break
-            await asyncio.sleep(0.05)
-        if serving.done():
-            serving.result()
-            raise RuntimeError("the server stopped during start-up")
+        await _started(server, serving)
         bench.url = f"http://127.0.0.1:{port}"
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         async with httpx.AsyncClient(timeout=900, limits=limits) as http:
             bench.http = http
-            if config.naive_hf:
-                await asyncio.to_thread(bench._load_hf)
-            # Warm every path once (first calls compile kernels, fill caches).
-            warm = PROMPTS[0]
-            warm_prompt = bench.engine.render_chat([{"role": "user", "content": warm}])
-            await bench.server({"prompt": warm, "n": config.n, "max_tokens": config.max_tokens})
-            await bench.ensemble(warm, warm_prompt, config.n)
-            if config.naive_hf:
-                await bench.naive_hf(warm, warm_prompt, config.n, next(iter(bench.rms)))
-            bench.log(f"comparison: {config.rounds} rounds, n={config.n}")
-            comparison = await bench.comparison()
-            bench.log("concurrency")
-            levels = await bench.concurrency()
-            bench.log("n scaling")
-            ns = await bench.n_scaling()
-            bench.log("document length")
-            docs = await bench.doc_scaling()
-            bench.log("overhead seen by a client in another process")
-            external = await bench.external_client(20 if not config.quick else 3)
+            await _warm_up(bench, config)
+            sections = await _sections(bench, config)
     finally:
         server.should_exit = True
         await serving
         if own:
             svc.shutdown()
+    return _results(config, settings, svc, bench, sections, load_at_start, t_start)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _started(server: Any, serving: asyncio.Future[Any]) -> None:
+    """Waits (up to 5 minutes) until the server accepts requests; raises if it stopped."""
+    for _ in range(6000):
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.05)
+    if serving.done():
+        serving.result()
+        raise RuntimeError("the server stopped during start-up")
+
+
+async def _warm_up(bench: Bench, config: BenchConfig) -> None:
+    """Every path once: first calls compile kernels and fill caches."""
+    if config.naive_hf:
+        await asyncio.to_thread(bench.load_hf)
+    warm = PROMPTS[0]
+    warm_prompt = bench.engine.render_chat([{"role": "user", "content": warm}])
+    await bench.server({"prompt": warm, "n": config.n, "max_tokens": config.max_tokens})
+    await bench.ensemble(warm, warm_prompt, config.n)
+    if config.naive_hf:
+        await bench.naive_hf(warm, warm_prompt, config.n, next(iter(bench.rms)))
+
+
+@dataclass(frozen=True)
+class _Sections:
+    comparison: dict[str, Any]
+    concurrency: list[dict[str, Any]]
+    n_scaling: list[dict[str, Any]]
+    doc_scaling: list[dict[str, Any]]
+    external: list[tuple[float, dict[str, Any]]]
+    """The overhead sample from a client in another process."""
+
+
+async def _sections(bench: Bench, config: BenchConfig) -> _Sections:
+    bench.log(f"comparison: {config.rounds} rounds, n={config.n}")
+    comparison = await bench.comparison()
+    bench.log("concurrency")
+    levels = await bench.concurrency()
+    bench.log("n scaling")
+    ns = await bench.n_scaling()
+    bench.log("document length")
+    docs = await bench.doc_scaling()
+    bench.log("overhead seen by a client in another process")
+    external = await bench.external_client(20 if not config.quick else 3)
+    return _Sections(comparison, levels, ns, docs, external)
+
+
+def _results(
+    config: BenchConfig,
+    settings: Settings,
+    svc: Services,
+    bench: Bench,
+    sections: _Sections,
+    load_at_start: float,
+    t_start: float,
+) -> dict[str, Any]:
+    """The results file: the run, every section, the likelihood sources and the targets."""
     results: dict[str, Any] = {
         "config": asdict(config),
         "machine": {**machine_info(), "load_average_1m_at_start": load_at_start},
@@ -562,12 +152,12 @@ async def run_bench(
             "max_queue": settings.max_queue,
             "featurizer_dim": settings.featurizer.dim,
         },
-        "comparison": comparison,
-        "overhead": overhead(external),
+        "comparison": sections.comparison,
+        "overhead": overhead(sections.external),
         "overhead_in_process_client": overhead(bench.sequential),
-        "concurrency": levels,
-        "n_scaling": ns,
-        "doc_scaling": docs,
+        "concurrency": sections.concurrency,
+        "n_scaling": sections.n_scaling,
+        "doc_scaling": sections.doc_scaling,
         "seconds": time.perf_counter() - t_start,
     }
     sources = getattr(svc.engine, "loglik_tokens", None)

@@ -1,8 +1,10 @@
 """Evaluation: RM-selection strategies side by side on the same cached candidates.
 
-`laser-server eval` (`cli.py`) builds the data (`data.py`), samples and scores once
-(`harness.py`, cached on disk), lets every strategy choose (`strategies.py`, pure numpy),
-grades (`metrics.py`) and writes the report and plots (`report.py`).
+`laser-server eval` (`cli.py`) builds the data (`data.py`); `harness.evaluate` collects
+(`collect.py`: load, sample in `sampling.py`, score in `scoring.py`, grade with `metrics.py`,
+featurize; cached on disk by `cache.py`), lets every strategy choose (`analysis.py` runs the
+protocol of `protocol.py` over `strategies.py`, pure numpy) and writes the report
+(`report.py`, plots in `plots.py`, row names in `labels.py`).
 
 From Python, inside the event loop the engine runs on:
 

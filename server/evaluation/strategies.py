@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from laser.bandit import LinUCB, LinUCBConfig
+from laser.server.config import BanditSettings
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -224,14 +225,44 @@ def run_oracle_rm_query(t: Table, order: IntArray | None = None) -> Run:
 
 @dataclass(frozen=True)
 class LaserSettings:
+    """The LinUCB that plays LASeR in the evaluation. Its fields are what `report.json`
+    records under `laser` and what the settings ablation varies; the bandit itself is built
+    the way serving builds it (`linucb`)."""
+
     alpha: float = 0.5
     ridge: float = 1.0
     epsilon: float = 0.05
     warmup: int = 0
-    """Rewarded tries per RM and context region before UCB takes over (LinUCBConfig)."""
+    """Rewarded tries per RM and context region before UCB takes over (LinUCBConfig).
+
+    0 here, 2 in serving (`BanditSettings.warmup`): a bare `LaserSettings()` is plain LinUCB
+    without a warm start, what the strategy tests are written against. `analyse` takes the
+    server's warm-up (`from_bandit`) and the ablation sets its own, so neither uses this
+    default."""
     context: str = "features"
     """`features` (the table's serving context), `bias` (a constant 1: a context-free UCB,
     the ablation) or the name of one of the table's `context_variants`."""
+
+    @classmethod
+    def from_bandit(cls, bandit: BanditSettings) -> LaserSettings:
+        """The server's bandit settings; the evaluation keeps its own seeds (per ordering)
+        and dtype (`linucb`)."""
+        return cls(
+            alpha=bandit.alpha, ridge=bandit.ridge, epsilon=bandit.epsilon, warmup=bandit.warmup
+        )
+
+    def linucb(self, dim: int, regions: int, seed: int) -> LinUCBConfig:
+        """The LinUCBConfig through `BanditSettings.linucb`, the one path serving, training and
+        the OPE build theirs by. The dtype stays float64 whatever the server's: the
+        evaluation's numbers do not depend on a speed setting."""
+        bandit = BanditSettings(
+            alpha=self.alpha,
+            ridge=self.ridge,
+            epsilon=self.epsilon,
+            warmup=self.warmup,
+            dtype="float64",
+        )
+        return bandit.linucb(dim, regions, seed)
 
 
 def laser_context(t: Table, context: str) -> tuple[FloatArray, int]:
@@ -269,18 +300,7 @@ def learn_laser(
         late, at = add_midway
         arms = [a for a in arms if a != late]
     ctx, regions = laser_context(t, settings.context)
-    bandit = LinUCB(
-        LinUCBConfig(
-            dim=ctx.shape[1],
-            alpha=settings.alpha,
-            ridge=settings.ridge,
-            epsilon=settings.epsilon,
-            seed=seed,
-            warmup=settings.warmup,
-            regions=regions,
-        ),
-        arms,
-    )
+    bandit = LinUCB(settings.linucb(ctx.shape[1], regions, seed), arms)
     chosen: list[str | None] = [None] * len(t.tasks)
     picks = np.zeros(len(t.tasks), dtype=np.int64)
     spent = 0.0
