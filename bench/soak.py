@@ -14,6 +14,10 @@ keep up; 429 and 503 are the server shedding load, counted apart from real error
 
 At the end the server is stopped with SIGTERM and its SQLite log is opened read-only: every
 feedback that was acknowledged (200) must have its row, and every answer its decision.
+
+One script on purpose (a bench anyone can copy and run): traffic, memory sampling, the log
+check and the report read top to bottom, hence its length.
+
 Exits non-zero on an unexpected error (anything but 429/503), a missing row, an unclean
 stop, or server memory growing past `--max-rss-growth` percent between the end of warm-up
 and the end. Not a timed test: the figures depend on the machine.
@@ -567,7 +571,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
         return -9
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="traffic duration")
     p.add_argument("--out", default=str(ROOT / "bench" / "soak.json"), help="JSON figures")
@@ -587,29 +591,52 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "models"), help="model cache")
     p.add_argument("--keep", action="store_true", help="keep the data dir and server log")
-    args = p.parse_args(argv)
-    seconds = args.minutes * 60
+    return p.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="laser-soak-"))
-    data, log_path = root / "data", root / "server.log"
-    port, key = free_port(), secrets.token_urlsafe(24)
-    config = _config(root / "soak.toml", data, Path(args.cache_dir), port)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "LASER_API_KEY": key,
-    }
+
+def _start_server(config: Path, key: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """`laser-server serve` with the soak's config and key, its log to `log_path`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LASER_API_KEY": key}
     exe = str(Path(sys.executable).parent / "laser-server")
-    url = f"http://127.0.0.1:{port}"
-    print(f"starting laser-server on {url} (data and log in {root}) ...", file=sys.stderr)
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [exe, "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
         env=env,
         start_new_session=True,  # its process group: a last-resort SIGKILL reaches the engine
     )
+
+
+def _verdict(out: dict[str, Any], warm: Recorder, max_rss_growth: float) -> list[str]:
+    """What makes the run fail: unexpected errors, lost rows, an unclean stop, memory."""
+    failures = []
+    if out["errors"]["unexpected_total"]:
+        failures.append(f"{out['errors']['unexpected_total']} unexpected errors")
+    if any(not shed for *_, shed in warm.errors):
+        failures.append(f"unexpected errors in the warm-up: {out['warm_up']['errors']}")
+    if out["feedback"]["missing"]:  # from _check_log, merged into the report
+        failures.append(f"{out['feedback']['missing']} acknowledged feedback missing")
+    if out["decisions"]["missing"]:
+        failures.append(f"{out['decisions']['missing']} answered decisions missing")
+    if out["server_exit_code"] != 0:
+        failures.append(f"server exited {out['server_exit_code']} on SIGTERM")
+    growth = out["rss_mib"]["growth_pct"]["server_mib"]
+    if growth is None or growth > max_rss_growth:
+        failures.append(f"server RSS grew {growth}% (> {max_rss_growth}%)")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start the server, warm it up, run the traffic, stop it, check the log, report."""
+    args = _parse_args(argv)
+    seconds = args.minutes * 60
+    root = Path(tempfile.mkdtemp(prefix="laser-soak-"))
+    data, log_path = root / "data", root / "server.log"
+    port, key = free_port(), secrets.token_urlsafe(24)
+    config = _config(root / "soak.toml", data, Path(args.cache_dir), port)
+    url = f"http://127.0.0.1:{port}"
+    print(f"starting laser-server on {url} (data and log in {root}) ...", file=sys.stderr)
+    proc = _start_server(config, key, log_path)
     failures: list[str] = []
     exit_code: int | None = None
     try:
@@ -656,20 +683,7 @@ def main(argv: list[str] | None = None) -> None:
                 "errors": [f"{kind} {key}" for _, kind, key, _ in warm.errors],
             },
         }
-        if out["errors"]["unexpected_total"]:
-            failures.append(f"{out['errors']['unexpected_total']} unexpected errors")
-        if any(not shed for *_, shed in warm.errors):
-            failures.append(f"unexpected errors in the warm-up: {out['warm_up']['errors']}")
-        if log["feedback"]["missing"]:
-            failures.append(f"{log['feedback']['missing']} acknowledged feedback missing")
-        if log["decisions"]["missing"]:
-            failures.append(f"{log['decisions']['missing']} answered decisions missing")
-        if exit_code != 0:
-            failures.append(f"server exited {exit_code} on SIGTERM")
-        growth = out["rss_mib"]["growth_pct"]["server_mib"]
-        if growth is None or growth > args.max_rss_growth:
-            failures.append(f"server RSS grew {growth}% (> {args.max_rss_growth}%)")
-        out["failures"] = failures
+        failures = out["failures"] = _verdict(out, warm, args.max_rss_growth)
         _print(out)
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
         print(f"figures in {args.out}", file=sys.stderr)

@@ -1,5 +1,7 @@
 """One `Settings` object, built once (config file, then environment, then CLI flags) and
-passed in. Handlers never read the environment.
+passed in. Handlers never read the environment. Every section of it lives here, with the
+secret handling and the messages for a bad config, so that one module is the reference for
+every key: that is why it runs past 400 lines.
 
 Config file (TOML), every key optional:
 
