@@ -51,6 +51,23 @@ def outbound_urls(spec: RewardModelSpec) -> list[str]:
     return [str(url)] if spec.kind == "remote" and url is not None else []
 
 
+# The option each kind of RM cannot be built without, and what to say when it is missing.
+_REQUIRED_OPTIONS = {
+    "remote": ("url", "a `remote` reward model needs options.url"),
+    "vllm_pooling": ("path", "a `vllm_pooling` reward model needs options.path"),
+    "hf": ("path", "an `hf` reward model needs options.path (a model folder)"),
+}
+
+
+def check_reward_model_options(spec: RewardModelSpec) -> None:
+    """Raise ValueError if `spec` lacks the option its kind needs: `url` for a `remote` RM,
+    `path` for `hf` and `vllm_pooling`. `build_reward_model` checks it; training checks it
+    before any model loads."""
+    required = _REQUIRED_OPTIONS.get(spec.kind)
+    if required is not None and required[0] not in spec.options:
+        raise ValueError(required[1])
+
+
 def build_reward_model(
     spec: RewardModelSpec,
     *,
@@ -60,6 +77,7 @@ def build_reward_model(
 ) -> RewardModel:
     """Instantiate the RM a config entry describes. A `remote` RM may only call
     `allowed_hosts` (`HostNotAllowedError` otherwise)."""
+    check_reward_model_options(spec)
     opts = dict(spec.options)
     if spec.kind == "loglik":
         return LogLikelihoodRM(spec.name, engine)
@@ -74,8 +92,6 @@ def build_reward_model(
     if spec.kind == "grounding":
         return GroundingRM(spec.name, **opts)
     if spec.kind == "remote":
-        if "url" not in opts:
-            raise ValueError("a `remote` reward model needs options.url")
         # The token is read now from where the options name it; only the name is stored.
         opts["api_key"] = resolve_secret(
             opts.pop("api_key", None),
@@ -85,12 +101,8 @@ def build_reward_model(
         )
         return RemoteRM(spec.name, **opts, allowed_hosts=allowed_hosts)
     if spec.kind == "vllm_pooling":
-        if "path" not in opts:
-            raise ValueError("a `vllm_pooling` reward model needs options.path")
         return VLLMPoolingRM(spec.name, **opts)
     if spec.kind == "hf":
-        if "path" not in opts:
-            raise ValueError("an `hf` reward model needs options.path (a model folder)")
         return HFRewardModel(spec.name, **opts)
     raise ValueError(f"unknown reward model kind {spec.kind!r}")
 

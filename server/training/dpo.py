@@ -11,16 +11,26 @@ under the policy.
 >>> out = dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.1)
 >>> round(float(out.loss), 4)  # log 2: policy == reference
 0.6931
+
+`build_pairs` makes a step's preference pairs from its scored candidates; `dpo_step` takes
+one exact optimiser step on them; `resync_reference` makes the policy the new reference.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from laser.server.engines.base import Completion
+    from laser.server.training.config import TrainConfig
+    from laser.server.training.parts import Policy
 
 
 @dataclass
@@ -100,3 +110,172 @@ def response_logps(
     summed = (logp * target_mask).sum(-1)
     counts = target_mask.sum(-1).clamp(min=1.0)
     return summed, -summed / counts
+
+
+@dataclass
+class Pair:
+    """A preference pair for the prompt `item`: its chosen and rejected responses."""
+
+    item: int
+    chosen: str
+    rejected: str
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def build_pairs(scores: list[float], texts: list[str], k: int) -> list[tuple[int, int]]:
+    """(chosen, rejected) candidate indices: the top-scored vs ranks 2..k+1.
+
+    Ties with the top, identical texts and an empty chosen text give no pair.
+
+    >>> build_pairs([0.1, 0.9, 0.5, 0.9], ["a", "b", "c", "d"], 2)
+    [(1, 2), (1, 0)]
+    """
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    top = order[0]
+    if not texts[top].strip():
+        return []
+    out = []
+    for j in order[1 : k + 1]:
+        if scores[j] < scores[top] and texts[j] != texts[top]:
+            out.append((top, j))
+    return out
+
+
+def prompt_pairs(
+    item: int, candidates: list[Completion], scores: list[float], k: int, policy: Policy
+) -> list[Pair]:
+    """Prompt `item`'s preference pairs (`build_pairs`) from its scored candidates."""
+    pairs = []
+    for c, r in build_pairs(scores, [c.text for c in candidates], k):
+        chosen, rejected = candidates[c], candidates[r]
+        pairs.append(
+            Pair(
+                item,
+                chosen.text,
+                rejected.text,
+                policy.response_ids(chosen.text, chosen.finish_reason),
+                policy.response_ids(rejected.text, rejected.finish_reason),
+            )
+        )
+    return pairs
+
+
+def dpo_step(
+    policy: Policy, pairs: list[Pair], prompt_ids: list[list[int]], cfg: TrainConfig, chunk: int = 8
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One optimiser step over all pairs, exact: gradients accumulate over chunks. Returns
+    the step's metrics (over all pairs) and each pair's loss.
+
+    Under `accelerate launch` with several processes every process holds every pair and
+    trains on its share (`pairs[rank::world]`); DDP averages the gradients once, at the
+    last chunk, which every process reaches the same number of times.
+    """
+    acc, model, pad_id = policy.acc, policy.model, policy.tok.pad_token_id
+    world, rank = acc.num_processes, acc.process_index
+    mine = pairs[rank::world]
+    ref_c, ref_r = (
+        reference_logps(policy, mine, prompt_ids, cfg, chunk)
+        if mine
+        else (torch.zeros(0), torch.zeros(0))
+    )
+    # Every process runs as many chunks as the busiest one (empty ones do a zero step).
+    n_chunks = max(1, math.ceil(math.ceil(len(pairs) / world) / chunk))
+    # The step's loss is the mean over ALL pairs; DDP divides by `world` again.
+    scale = world / len(pairs)
+    pcs, prs, nlls = [], [], []
+    model.train()
+    policy.optimizer.zero_grad()
+    for c in range(n_chunks):
+        part = mine[c * chunk : (c + 1) * chunk]
+        last = c == n_chunks - 1
+        sync = contextlib.nullcontext() if last else acc.no_sync(model)
+        with sync:
+            if not part:  # keeps DDP's collective calls in step across processes
+                dummy = model(input_ids=torch.tensor([[pad_id] * 2]))
+                acc.backward(dummy.logits.sum() * 0.0)
+                continue
+            prompts = [prompt_ids[p.item] for p in part] * 2
+            resp = [p.chosen_ids for p in part] + [p.rejected_ids for p in part]
+            lp, nll = response_logps(model, prompts, resp, pad_id, cfg.max_model_len)
+            k, i = len(part), c * chunk
+            out = dpo_loss(
+                lp[:k],
+                lp[k:],
+                ref_c[i : i + k],
+                ref_r[i : i + k],
+                beta=cfg.beta,
+                chosen_nll=nll[:k],
+                nll_weight=cfg.nll_weight,
+            )
+            acc.backward(out.loss * (k * scale))
+        pcs.append(lp[:k].detach())
+        prs.append(lp[k:].detach())
+        nlls.append(nll[:k].detach())
+    policy.optimizer.step()
+    policy.optimizer.zero_grad()
+    values = torch.stack(
+        [torch.cat(pcs), torch.cat(prs), ref_c, ref_r, torch.cat(nlls)]
+        if pcs
+        else [torch.zeros(0)] * 5
+    )
+    if world > 1:  # every process reports on every pair, in the original order
+        values = _gathered(values, len(pairs), world)
+    full = dpo_loss(
+        values[0],
+        values[1],
+        values[2],
+        values[3],
+        beta=cfg.beta,
+        chosen_nll=values[4],
+        nll_weight=cfg.nll_weight,
+    )
+    return full.metrics, full.per_pair
+
+
+def _gathered(values: torch.Tensor, n_pairs: int, world: int) -> torch.Tensor:
+    """Every process's `values` (a row per quantity, a column per pair of its share
+    `pairs[rank::world]`), merged into columns for all `n_pairs` pairs in their order."""
+    from accelerate.utils import gather_object
+
+    shards = gather_object([values.T.tolist()])
+    merged: list[list[float]] = [[] for _ in range(n_pairs)]
+    for r, shard in enumerate(shards):
+        for j, row in enumerate(shard):
+            merged[r + j * world] = row
+    return torch.tensor(merged).T
+
+
+def reference_logps(
+    policy: Policy, pairs: list[Pair], prompt_ids: list[list[int]], cfg: TrainConfig, chunk: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's summed log-probs (no grad) of every pair's chosen and rejected
+    response, chunked to bound memory."""
+    rc, rr = [], []
+    with torch.no_grad():
+        _swap_reference(policy)
+        try:
+            for i in range(0, len(pairs), chunk):
+                part = pairs[i : i + chunk]
+                prompts = [prompt_ids[p.item] for p in part] * 2
+                resp = [p.chosen_ids for p in part] + [p.rejected_ids for p in part]
+                lp, _ = response_logps(
+                    policy.model, prompts, resp, policy.tok.pad_token_id, cfg.max_model_len
+                )
+                rc.append(lp[: len(part)])
+                rr.append(lp[len(part) :])
+        finally:
+            _swap_reference(policy)
+    return torch.cat(rc), torch.cat(rr)
+
+
+def _swap_reference(policy: Policy) -> None:
+    """Swap the policy's trainable weights with the reference's (twice: back as before)."""
+    for name, p in policy.params.items():
+        p.data, policy.reference[name] = policy.reference[name], p.data
+
+
+def resync_reference(policy: Policy) -> None:
+    """The reference becomes the current policy (at the end of an iteration)."""
+    for name, p in policy.params.items():
+        policy.reference[name] = p.detach().clone()

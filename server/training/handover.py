@@ -5,14 +5,23 @@
 safetensors file in the engine's dtype, and reloaded in place by the engine
 (`VLLMEngine.load_weights`). Sampling then runs at the base model's speed. `lora`: the
 adapter is saved and handed to vLLM's LoRA path under a new id; on CPU that path made
-generation about 4x slower (measured: `bench/train_handover.py`).
+generation about 4x slower (measured: `bench/train_handover.py`). `PolicySampler` does one
+or the other before each step's sampling.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from laser.server.engines.base import Adapter
+
+if TYPE_CHECKING:
+    from laser.server.training.config import TrainConfig
+    from laser.server.training.parts import Policy
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -62,3 +71,38 @@ def torch_dtype(name: str) -> Any:
 
     found = getattr(torch, str(name), None)
     return found if isinstance(found, torch.dtype) else torch.float32
+
+
+class PolicySampler:
+    """Keeps the training run's sampler engine on the current policy's weights."""
+
+    def __init__(self, engine: Any, policy: Policy, cfg: TrainConfig, out: Path) -> None:
+        self.engine = engine  # `load_weights` and `dtype` for `merged`: a vLLM engine's
+        self.policy = policy
+        self.engine_kind, self.handover = cfg.engine, cfg.handover
+        self.out = out
+        self.holds = 0  # the step whose weights the vLLM engine holds (0: the base model's)
+
+    async def adapter(self, step: int) -> Adapter | None:
+        """Hand the weights after `step` steps to vLLM; the adapter to sample with, if any.
+
+        `merged` reloads the merged weights into the engine once per step (no adapter then);
+        `lora` saves the adapter, which vLLM loads under a new id (it caches adapters by
+        id). HF generation uses the model itself."""
+        if self.engine_kind == "hf" or step == 0:
+            return None
+        acc = self.policy.acc
+        if self.handover == "merged":
+            if self.holds != step:
+                folder = self.out / "sampler" / f"rank-{acc.process_index}"
+                dtype = torch_dtype(getattr(self.engine, "dtype", "float32"))
+                await asyncio.to_thread(write_merged, self.policy.unwrapped(), folder, dtype)
+                await self.engine.load_weights(str(folder))
+                self.holds = step
+            return None
+        path = self.out / "adapters" / f"step-{step}"
+        if not path.exists():
+            self.policy.unwrapped().save_pretrained(path)
+            old = self.out / "adapters" / f"step-{step - 2}"
+            shutil.rmtree(old, ignore_errors=True)
+        return Adapter(f"policy-{step}", str(path), step + 1)

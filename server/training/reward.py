@@ -23,6 +23,11 @@ Two rules (`TrainConfig.bandit_reward`):
 In `per_query` mode each prompt's RM is rewarded with the loss of that prompt's own pairs,
 against the same shared baseline, which then takes in the step's loss over all its pairs.
 
+`reward_batch` and `reward_per_query` update the selector with these rewards. An RM that gave
+no pair although the candidates differed could not rank them: it earns the lowest reward, 0
+(left unrewarded, the warm start would keep choosing it). Where every candidate was the same
+text no RM could have done better: no reward.
+
 The state (baseline, weight, history) is saved in the checkpoint's `squash.npz` in the
 laser.bandit format (no pickle), so `--resume` continues exactly.
 
@@ -34,9 +39,17 @@ laser.bandit format (no pickle), so `--resume` continues exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from laser.bandit import BaselineAdvantage, PercentileSquash
+import numpy as np
+import numpy.typing as npt
+
+from laser.bandit import BaselineAdvantage, PercentileSquash, Selector
+
+if TYPE_CHECKING:
+    import torch
+
+    from laser.server.training.dpo import Pair
 
 ADVANTAGE_WINDOW_STEPS = 20
 """`baseline`: the squash's percentiles are those of the last this-many steps' advantages."""
@@ -91,3 +104,58 @@ class BanditReward:
                 f"resume with bandit_reward = {saved!r}"
             )
         self.state.load_state_dict(state)
+
+
+def reward_batch(
+    selector: Selector,
+    reward: BanditReward,
+    arm: str,
+    x: npt.NDArray[np.float64],
+    loss: float | None,
+    rankable: bool,
+) -> float | None:
+    """`batch` mode: the batch's RM `arm`, chosen for context `x`, is rewarded for the step's
+    `loss` (None: no pairs; then 0 if some prompt's candidates differed, `rankable`, and no
+    reward otherwise). Returns the reward, None without one."""
+    if loss is None:
+        if not rankable:
+            return None
+        selector.update(arm, x, 0.0)
+        return 0.0
+    (r,) = reward.rewards([loss], loss)
+    selector.update(arm, x, r)
+    return r
+
+
+def reward_per_query(
+    selector: Selector,
+    reward: BanditReward,
+    contexts: npt.NDArray[np.float64],
+    batch: list[int],
+    arms: list[str],
+    pairs: list[Pair],
+    per_pair: torch.Tensor | None,
+    loss: float | None,
+    rankable: set[int],
+) -> float | None:
+    """`per_query` mode: the RM `arms[j]` chosen for prompt `batch[j]` (context
+    `contexts[batch[j]]`) is rewarded with the mean loss (`per_pair`) of that prompt's own
+    pairs, against the step's `loss`; without pairs it earns 0 if the prompt's candidates
+    differed (it is in `rankable`), no reward otherwise. Returns the mean reward, None
+    without one."""
+    rewarded, tied = [], []
+    for i, arm in zip(batch, arms, strict=True):
+        mine = [k for k, p in enumerate(pairs) if p.item == i]
+        if mine:
+            assert per_pair is not None  # pairs come with their losses
+            rewarded.append((i, arm, float(per_pair[mine].mean())))
+        elif i in rankable:
+            tied.append((i, arm))
+    for i, arm in tied:
+        selector.update(arm, contexts[i], 0.0)
+    if not rewarded or loss is None:
+        return 0.0 if tied else None
+    rewards = reward.rewards([v for _, _, v in rewarded], loss)
+    for (i, arm, _), r in zip(rewarded, rewards, strict=True):
+        selector.update(arm, contexts[i], r)
+    return float(np.mean([*rewards, *[0.0] * len(tied)]))
