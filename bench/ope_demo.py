@@ -33,7 +33,7 @@ async def _traffic(url: str, per_task: int, concurrency: int, seed: int) -> dict
     from laser.client import AsyncClient
     from laser.server.data import PromptItem
     from laser.server.evaluation.data import build_task
-    from laser.server.evaluation.metrics import KIND_TASK, grade, item_kind
+    from laser.server.evaluation.grading import KIND_TASK, grade, item_kind
     from laser.server.runtime import progress
 
     items = [it for task in TASKS for it in build_task(task, per_task, seed=seed)]

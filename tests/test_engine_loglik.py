@@ -70,7 +70,7 @@ def test_samples_just_generated_are_scored_from_their_sampling_logprobs(
     """What serving does: generate n samples, then the loglik RM scores them. Their token
     logprobs were kept from generation, so no engine pass is made for them, and the numbers
     are the ones a prompt-logprobs pass from scratch gives (up to bf16 rounding)."""
-    from laser.server.engines.vllm_engine import Sampling
+    from laser.server.engines.base import Sampling
 
     engine = services.engine
     item = longqa_items(1, seed=12)[0]

@@ -14,12 +14,12 @@ from laser.server.config import load_settings
 from laser.server.data import PromptItem
 from laser.server.evaluation.analysis import analyse
 from laser.server.evaluation.config import Collected, EvalConfig, EvalItem
-from laser.server.evaluation.protocol import (
+from laser.server.evaluation.report import write
+from laser.server.evaluation.splits import (
     paired_bootstrap,
     split_items,
     stream_orders,
 )
-from laser.server.evaluation.report import write
 from laser.server.evaluation.strategies import Table
 
 N_CAND = 4

@@ -14,8 +14,8 @@ import pytest
 
 from laser.server.data import DataError, load_prompts
 from laser.server.evaluation import data as eval_data
-from laser.server.evaluation.metrics import grade
-from laser.server.evaluation.protocol import (
+from laser.server.evaluation.grading import grade
+from laser.server.evaluation.splits import (
     heldout_values,
     run_laser_split,
     split_items,

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from laser.server.config import default_reward_models
-from laser.server.engines.vllm_engine import EngineError
+from laser.server.engines.base import EngineError
 from tests.conftest import ROOT, TEACHES, LiveServer, LoopThread, make_settings, reply_json
 from tests.test_serving import assert_error
 

@@ -91,7 +91,7 @@ def test_n_samples_in_one_call_and_loglikelihoods(vllm_server: tuple[str, Path])
 
 
 def test_unreachable_remote_is_an_engine_error() -> None:
-    from laser.server.engines.vllm_engine import EngineError
+    from laser.server.engines.base import EngineError
 
     engine = RemoteOpenAIEngine(
         f"http://127.0.0.1:{free_port()}",

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from laser.server.config import RewardModelSpec
-from laser.server.engines.vllm_engine import Adapter, EngineError
+from laser.server.engines.base import Adapter, EngineError
 from laser.server.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from laser.server.paths import PathNotAllowedError, PathOptionError, confine, confine_options
 from laser.server.protocol import PolicyAdapter, PolicyView, TrainingJob, TrainingJobList

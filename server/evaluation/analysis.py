@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from laser.server.config import Settings
-from laser.server.evaluation import protocol as pr
 from laser.server.evaluation import report as rep
+from laser.server.evaluation import splits as pr
 from laser.server.evaluation.config import Collected, EvalConfig
 from laser.server.evaluation.labels import label
 from laser.server.evaluation.strategies import FloatArray, IntArray, LaserSettings, Table

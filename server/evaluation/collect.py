@@ -24,7 +24,7 @@ from laser.server.config import Settings
 from laser.server.data import DataError, PromptItem, load_prompts
 from laser.server.engines.base import Engine, Generation
 from laser.server.evaluation import data as eval_data
-from laser.server.evaluation import metrics
+from laser.server.evaluation import grading
 from laser.server.evaluation.cache import Cache
 from laser.server.evaluation.config import Collected, CollectionRun, EvalConfig, EvalItem
 from laser.server.evaluation.sampling import Sample, greedy_decode, sample
@@ -108,7 +108,7 @@ def load(run: CollectionRun) -> list[EvalItem]:
             prep = prepare(req, run.engine, run.config.max_tokens)
         except Exception as exc:
             raise DataError(f"item {item.id or item.prompt[:40]!r}: {exc}") from exc
-        kind = metrics.item_kind(item)
+        kind = grading.item_kind(item)
         items.append(
             EvalItem(task, item, kind, prep.prompt, prep.question, prep.documents, prep.truncated)
         )
@@ -137,12 +137,12 @@ def grade(
     for i, (it, s) in enumerate(zip(items, samples, strict=True)):
         assert it.item.reference is not None
         for j, c in enumerate(s.generation.completions):
-            gr = metrics.grade(c.text, it.item.reference, it.kind)
+            gr = grading.grade(c.text, it.item.reference, it.kind)
             quality[i, j], exact[i, j] = gr.quality, gr.exact
     if greedy is None:
         return Grades(quality, exact, None, None)
     greedy_grades = [
-        metrics.grade(g.completions[0].text, it.item.reference or "", it.kind)
+        grading.grade(g.completions[0].text, it.item.reference or "", it.kind)
         for it, g in zip(items, greedy, strict=True)
     ]
     return Grades(

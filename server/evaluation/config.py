@@ -15,7 +15,7 @@ from laser.server.data import PromptItem
 from laser.server.engines.base import Engine, Generation
 from laser.server.evaluation import data as eval_data
 from laser.server.evaluation.cache import Cache
-from laser.server.evaluation.metrics import KIND_TASK
+from laser.server.evaluation.grading import KIND_TASK
 from laser.server.evaluation.strategies import Table
 from laser.server.rms.base import Query
 
