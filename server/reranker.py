@@ -362,7 +362,9 @@ class Reranker:
     ) -> GenerateResponse:
         for stage, secs in timings.items():
             self.metrics.stage_seconds.labels(stage).observe(secs)
-        completion_tokens = sum(c.tokens for c in gen.completions)
+        # Greedy candidates are copies of one sample (`_sample`): its tokens were made once.
+        made = gen.completions[:1] if req.temperature == 0 else gen.completions
+        completion_tokens = sum(c.tokens for c in made)
         self.metrics.candidates.inc(len(gen.completions))
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(completion_tokens)

@@ -361,8 +361,11 @@ def test_a_decision_no_rm_could_change_teaches_no_rm(start_server: Any, tmp_path
         with httpx.Client(base_url=live.url, headers=KEY, timeout=120) as c:
             # Greedy sampling: four identical candidates; one candidate: nothing to choose.
             for body in ({**GEN, "n": 4, "temperature": 0.0}, {**GEN, "n": 1}):
-                gen = c.post("/generate", json=body).json()
+                gen = c.post("/generate", json={**body, "return_candidates": True}).json()
                 assert gen["selection"] == "none", gen
+                # Greedy n=4 is one sample, copied: its tokens are counted once.
+                made = gen["candidates"][0]["tokens"]
+                assert gen["usage"]["completion_tokens"] == made
                 before = c.get("/admin/reward-models").json()[gen["reward_model"]]["updates"]
                 fb = c.post("/feedback", json={"id": gen["id"], "reward": 1}).json()
                 assert fb["applied"] is False
