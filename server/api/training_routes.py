@@ -14,8 +14,9 @@ import asyncio
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +31,7 @@ from laser.server.training.jobs import JobConflictError, JobManager, UnknownJobE
 
 log = logging.getLogger("laser.server.training")
 router = APIRouter(prefix="/v1")
+T = TypeVar("T")
 _adapter_ids = itertools.count(1)
 
 
@@ -71,6 +73,15 @@ class PolicyRequest(BaseModel):
 def _jobs(request: Request) -> JobManager:
     jobs: JobManager = request.app.state.jobs
     return jobs
+
+
+async def _on_job(request: Request, action: Callable[[JobManager, str], T], job_id: str) -> T:
+    """`action(jobs, job_id)` on the job manager's thread; an unknown job id is a 404."""
+    jobs = _jobs(request)
+    try:
+        return await jobs.call(action, jobs, job_id)
+    except UnknownJobError:
+        raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
 
 
 def _confined(value: str, param: str, roots: list[Path]) -> str:
@@ -176,20 +187,12 @@ async def list_jobs(request: Request) -> TrainingJobList:
 
 @router.get("/training/jobs/{job_id}")
 async def get_job(job_id: str, request: Request) -> TrainingJob:
-    jobs = _jobs(request)
-    try:
-        return await jobs.call(jobs.get, job_id)
-    except UnknownJobError:
-        raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
+    return await _on_job(request, JobManager.get, job_id)
 
 
 @router.delete("/training/jobs/{job_id}")
 async def cancel_job(job_id: str, request: Request) -> TrainingJob:
-    jobs = _jobs(request)
-    try:
-        return await jobs.call(jobs.cancel, job_id)
-    except UnknownJobError:
-        raise NotFoundError(f"no training job {job_id!r}", param="job_id") from None
+    return await _on_job(request, JobManager.cancel, job_id)
 
 
 def policy_view(request: Request) -> PolicyView:
@@ -222,11 +225,8 @@ async def set_policy(body: PolicyRequest, request: Request) -> PolicyView:
         log.info("serving the base model")
         return policy_view(request)
     if body.job_id is not None:  # looked up first: an id is never a path of its own
-        jobs = _jobs(request)
         try:
-            path = await jobs.call(jobs.adapter_path, body.job_id) or ""
-        except UnknownJobError:
-            raise NotFoundError(f"no training job {body.job_id!r}", param="job_id") from None
+            path = await _on_job(request, JobManager.adapter_path, body.job_id) or ""
         except FileNotFoundError as exc:
             raise NotFoundError(
                 f"no adapter for job {body.job_id!r}: {exc}", param="job_id"
