@@ -5,6 +5,17 @@ with `theta_k = A_k^-1 b_k`; update the chosen arm with `A_k += x x'`, `b_k += r
 `A_k^-1` is kept current with the Sherman-Morrison identity (one rank-1 update per step,
 never an inversion) and `theta_k` with the matching recursive-least-squares step.
 
+Thompson sampling (`policy = "thompson"`): instead of the UCB bonus, each arm's score is a
+draw from its Gaussian posterior at `x`, `theta_k.x + alpha*sqrt(x' A_k^-1 x)*z` with
+`z ~ N(0, 1)` (the same as drawing `theta_k ~ N(theta_k, alpha^2 A_k^-1)` and taking
+`theta_k.x`); the propensities it logs are estimated from `ts_draws` more draws.
+
+Priors (`add_prior`): a prior belief "arm k earns about m on contexts like x, worth s
+observations" enters as one weighted pseudo-observation, `A_k += s x x'`, `b_k += s m x`, so
+it is saved, restored and shared like any update, and real feedback moves the estimate away
+from it at the usual rate. A prior of strength >= `warmup` in a region counts as that
+region's warm start for the arm.
+
 Warm start (`warmup`): until every enabled arm has been rewarded `warmup` times in the
 query's context region, the choice is uniform among the least-tried arms of that region, so
 every RM is seen on every kind of query before UCB trusts its estimates. A region is the
@@ -60,6 +71,10 @@ class LinUCBConfig:
     regions: int = 0
     """The first `regions` context features are a one-hot region indicator (the largest one
     names the region) that `warmup` counts by; 0: a single region."""
+    policy: str = "ucb"
+    """`ucb` (LinUCB: mean + alpha * width) or `thompson` (a posterior draw per arm)."""
+    ts_draws: int = 256
+    """Thompson sampling: draws per selection that estimate the logged propensities."""
     dtype: str = "float64"
     """Precision of the K stacked `A^-1` matrices: `float64` (exact to rounding over
     millions of updates) or `float32` (half the memory traffic, about 2x faster at large d;
@@ -80,6 +95,10 @@ class LinUCBConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        if self.policy not in ("ucb", "thompson"):
+            raise ValueError(f"policy must be 'ucb' or 'thompson', got {self.policy!r}")
+        if not isinstance(self.ts_draws, int) or self.ts_draws < 1:
+            raise ValueError(f"ts_draws must be an integer >= 1, got {self.ts_draws!r}")
         if self.regions > self.dim:
             raise ValueError(f"regions ({self.regions}) cannot exceed dim ({self.dim})")
 
@@ -109,6 +128,8 @@ class LinUCB(ArmSet):
             (0, max(1, config.regions)), dtype=np.int64
         )
         self._rng = np.random.default_rng(config.seed)
+        # The priors folded in so far: arm -> {region: (mean, strength)} (saved with the state).
+        self.priors: dict[str, dict[int, tuple[float, float]]] = {}
         # A^-1 x per enabled arm from the last select(), reused when update() gets the same x.
         self._last_x: FloatArray | None = None
         self._last_v: dict[int, npt.NDArray[Any]] = {}
@@ -192,6 +213,8 @@ class LinUCB(ArmSet):
             pick = warm[int(self._rng.integers(len(warm)))] if len(warm) > 1 else warm[0]
             explored = True
             probs = [1.0 / len(warm) if j in warm else 0.0 for j in range(len(idx))]
+        elif self.config.policy == "thompson":
+            pick, probs, explored = self._thompson(means, widths)
         else:
             best = max(ucb)
             floor = best - _TIE_RTOL * max(1.0, abs(best))
@@ -219,6 +242,18 @@ class LinUCB(ArmSet):
             probabilities=dict(zip(names, probs, strict=True)),
         )
 
+    def _thompson(self, means: FloatArray, widths: FloatArray) -> tuple[int, list[float], bool]:
+        """One posterior draw per arm picks (epsilon aside); `ts_draws` further draws, with
+        the one that picked, estimate each arm's chance of winning."""
+        k, eps = len(means), self.config.epsilon
+        draws = means + self.config.alpha * widths * self._rng.standard_normal(
+            (self.config.ts_draws + 1, k)
+        )
+        wins = np.bincount(np.argmax(draws, axis=1), minlength=k) / len(draws)
+        explored = eps > 0 and float(self._rng.random()) < eps
+        pick = int(self._rng.integers(k)) if explored else int(np.argmax(draws[0]))
+        return pick, [eps / k + (1 - eps) * float(w) for w in wins], explored
+
     def _warming(self, ctx: FloatArray, idx: list[int]) -> list[int]:
         """Positions in `idx` of the least-tried arms of `ctx`'s region while any enabled arm
         there has fewer than `warmup` rewarded tries; empty once the region is warm."""
@@ -235,23 +270,42 @@ class LinUCB(ArmSet):
         k = self.index(arm)
         r = check_reward(reward)
         ctx = self._context(x)
+        self._fold(k, ctx, r, 1.0)
+        self._region_pulls[k, self._region(ctx)] += 1
+        self._record(k, r)
+
+    def add_prior(self, arm: str, x: npt.ArrayLike, mean: float, strength: float) -> None:
+        """Believe that `arm` earns about `mean` on contexts like `x`, as much as `strength`
+        rewarded observations would say: one weighted pseudo-observation (A += s x x',
+        b += s m x). It is not counted as feedback (`pulls`); a strength of at least `warmup`
+        counts as the warm start of `x`'s region for this arm."""
+        k = self.index(arm)
+        m = check_reward(mean)
+        s = check_reward(strength)
+        if s <= 0:
+            raise InvalidInputError(f"prior strength must be > 0, got {s}")
+        ctx = self._context(x)
+        self._fold(k, ctx, m, s)
+        region = self._region(ctx)
+        self._region_pulls[k, region] += int(s)
+        self.priors.setdefault(arm, {})[region] = (m, s)
+
+    def _fold(self, k: int, ctx: FloatArray, r: float, w: float) -> None:
+        """A += w x x', b += w r x, keeping A^-1 and theta current."""
         low = self._low(ctx)
         u = self._last_v.get(k) if _same(ctx, self._last_x) else None
         if u is None:
             u = self._a_inv[k] @ low
-        den = 1.0 + float(low @ u)
-        # Sherman-Morrison: (A + x x')^-1 = A^-1 - (A^-1 x)(A^-1 x)' / (1 + x' A^-1 x).
+        den = 1.0 + w * float(low @ u)
+        # Sherman-Morrison: (A + w x x')^-1 = A^-1 - w (A^-1 x)(A^-1 x)' / (1 + w x' A^-1 x).
         # The outer product goes through a reused buffer: at d=384 a fresh 1 MiB temporary
         # per update costs more than the arithmetic.
-        np.dot((u / den)[:, None], u[None, :], out=self._scratch)
+        np.dot((u * (w / den))[:, None], u[None, :], out=self._scratch)
         self._a_inv[k] -= self._scratch
-        # Recursive least squares, the matching theta step: theta += u (r - x.theta) / den.
-        self._theta[k] += u * ((r - float(ctx @ self._theta[k])) / den)
-        self._b[k] += r * ctx
-        self._region_pulls[k, self._region(ctx)] += 1
-        self._last_x = None
-        self._last_v = {}
-        self._record(k, r)
+        # Weighted recursive least squares: theta += w u (r - x.theta) / den.
+        self._theta[k] += u * (w * (r - float(ctx @ self._theta[k])) / den)
+        self._b[k] += w * r * ctx
+        self._last_v.pop(k, None)  # only this arm's A^-1 changed
 
     # -- inspection -------------------------------------------------------------------------
     def predict(self, x: npt.ArrayLike) -> dict[str, dict[str, float]]:
@@ -285,6 +339,10 @@ class LinUCB(ArmSet):
         """Everything needed to predict identically: JSON-able `meta` plus numpy `arrays`."""
         meta = {"kind": self.kind, "config": asdict(self.config), **self._arms_meta()}
         meta["rng"] = self._rng.bit_generator.state
+        meta["priors"] = {
+            arm: {str(r): list(v) for r, v in by_region.items()}
+            for arm, by_region in self.priors.items()
+        }
         arrays = {
             "a_inv": self._a_inv.copy(),
             "b": self._b.copy(),
@@ -316,6 +374,10 @@ class LinUCB(ArmSet):
         self._region_pulls = pulls
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = meta["rng"]
+        self.priors = {
+            arm: {int(r): (float(v[0]), float(v[1])) for r, v in by_region.items()}
+            for arm, by_region in meta.get("priors", {}).items()
+        }
         self._scratch = np.empty((config.dim, config.dim), dtype=config.dtype)
         self._last_x = None
         self._last_v = {}

@@ -133,6 +133,32 @@ class BanditSettings(_Section):
         ge=0,
         description="rewarded tries every RM gets per kind of query before UCB takes over",
     )
+    policy: Literal["ucb", "thompson"] = Field(
+        "ucb",
+        description="`ucb`: LinUCB (mean + alpha * width); `thompson`: linear Thompson "
+        "sampling (a posterior draw per RM, alpha scales the posterior's width)",
+    )
+    observe_ms_per_candidate: float = Field(
+        5.0,
+        ge=0,
+        description="side observations: RMs that cost at most this many ms per candidate "
+        "(measured; the built-in text RMs and loglik from kept logprobs) score every request "
+        "besides the chosen one, so a feedback also teaches every RM whose pick was the "
+        "returned answer; 0 = only the chosen RM scores (LASeR as published)",
+    )
+    abstain_reward: float = Field(
+        0.0,
+        description="what an RM earns when it scores every candidate alike (it made no "
+        "choice; the next RM chooses): the lowest reward your feedback gives",
+    )
+    priors: Path | None = Field(
+        None,
+        description="a priors file (`laser-server priors`): each RM's expected reward per kind "
+        "of query, learnt on labelled data; RMs and kinds it covers skip the warm start",
+    )
+    prior_strength: float = Field(
+        8.0, gt=0, description="the most observations one prior entry counts as"
+    )
     seed: int = 0
     snapshot_every: int = Field(100, ge=1, description="feedbacks between bandit snapshots")
     dtype: Literal["float64", "float32"] = Field(
@@ -152,6 +178,7 @@ class BanditSettings(_Section):
             seed=self.seed if seed is None else seed,
             warmup=self.warmup,
             regions=regions,
+            policy=self.policy,
             dtype=self.dtype,
         )
 
@@ -192,6 +219,7 @@ class RewardModelSpec(_Section):
         "vllm_pooling",
         "judge",
         "remote",
+        "ensemble",
     ]
     options: dict[str, Any] = Field(default_factory=dict)
 

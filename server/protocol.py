@@ -99,10 +99,11 @@ class GenerateResponse(BaseModel):
     score: float
     index: int = Field(description="index of the chosen candidate among the n")
     propensity: float
-    selection: Literal["bandit", "forced", "fallback", "none"] = Field(
+    selection: Literal["bandit", "forced", "fallback", "abstain", "none"] = Field(
         description="bandit: the bandit drew the RM; forced: the request named it; fallback: "
-        "the drawn RM failed and the next scored; none: one candidate or all alike, so the "
-        "RM could not matter and feedback on this answer teaches no RM"
+        "the drawn RM failed and the next scored; abstain: the drawn RM scored every "
+        "candidate alike and the next chose; none: one candidate, all alike or no RM with a "
+        "preference, so no RM could matter and feedback on this answer teaches no RM"
     )
     model: str
     candidates: list[Candidate] | None = None
@@ -280,7 +281,7 @@ class LaserExtras(BaseModel):
 
     id: str = Field(description="the decision id, for POST /feedback")
     reward_model: str
-    selection: Literal["bandit", "forced", "fallback", "none"]
+    selection: Literal["bandit", "forced", "fallback", "abstain", "none"]
     propensity: float
     scores: list[float | None]
     chosen_index: int

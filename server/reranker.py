@@ -33,9 +33,11 @@ from laser.server.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from laser.server.featurize import Featurizer
+from laser.server.featurize import Featurizer, query_kind
 from laser.server.limits import sampling_limits
 from laser.server.metrics import Metrics
+from laser.server.observe import ANSWER_KINDS, Observed, credits, observe, top_pick
+from laser.server.priors import apply_priors, load_priors
 from laser.server.prompts import Prepared, prepare
 from laser.server.protocol import (
     ArmStatus,
@@ -84,7 +86,7 @@ class Reranker:
         reward_models: Mapping[str, RewardModel],
         store: LogStore,
         metrics: Metrics | None = None,
-        build_rm: Callable[[RewardModelSpec], RewardModel] | None = None,
+        build_rm: Callable[..., RewardModel] | None = None,
         unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
@@ -101,7 +103,7 @@ class Reranker:
         for name, spec_json, enabled in store.reward_model_rows():
             if name not in models and name not in self.unavailable and build_rm is not None:
                 try:
-                    models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json))
+                    models[name] = build_rm(RewardModelSpec.model_validate_json(spec_json), models)
                 except Exception as exc:  # a stored row must never stop the server
                     self.unavailable[name] = f"stored entry cannot be built: {_reason(exc)}"
                     log.error("reward model %s disabled: %s", name, self.unavailable[name])
@@ -117,7 +119,16 @@ class Reranker:
         self._adapter: Adapter | None = None
         self.policy_fault: str | None = None  # a saved policy that could not be restored
         self.bandit_config = settings.bandit.linucb(featurizer.dim, featurizer.regions)
-        self.bandit, self._feedback_seq = restore_bandit(store, self.bandit_config, self.rms.models)
+        # Priors (a file of each RM's expected reward per kind of query) are folded in before
+        # any feedback is replayed, once: the bandit's state remembers which it holds.
+        self.priors = load_priors(settings.bandit.priors) if settings.bandit.priors else None
+        self.bandit, self._feedback_seq = restore_bandit(
+            store,
+            self.bandit_config,
+            self.rms.models,
+            abstain_reward=settings.bandit.abstain_reward,
+            prepare=self._with_priors,
+        )
         self._since_snapshot = 0
         self._follow_lock = asyncio.Lock()
         self._rm_rev = 0  # shared store: the newest RM change taken in
@@ -125,6 +136,10 @@ class Reranker:
         for name in disabled:
             if name in self.bandit.arms:
                 self.bandit.disable_arm(name)
+
+    def _with_priors(self, bandit: LinUCB) -> None:
+        if self.priors is not None:
+            apply_priors(bandit, self.priors, self.settings.bandit.prior_strength)
 
     # -- faults -----------------------------------------------------------------------------
     def _retry_after(self) -> dict[str, str]:
@@ -305,8 +320,12 @@ class Reranker:
 
         texts = [c.text for c in gen.completions]
         query = Query(prep.question, prep.prompt, prep.documents, req.task, req.reference)
+        distinct = len(set(texts)) > 1
+        known: dict[str, list[float]] = {}  # every RM's scores made for this request
         try:
-            used, scores = await self._timed(timings, "score", self.rms.score(order, query, texts))
+            used, scores = await self._timed(
+                timings, "score", self._score(order, query, texts, known, req.reward_model)
+            )
         except AllRMsFailedError as exc:
             raise ServiceUnavailableError(
                 "every reward model failed",
@@ -315,14 +334,18 @@ class Reranker:
             ) from exc
         how = "forced" if req.reward_model is not None else "bandit"
         if used != order[0]:
-            how = "fallback"
-        if len(set(texts)) == 1:  # one candidate, or all alike: the RM could not matter
+            drawn = known.get(order[0])
+            how = "abstain" if drawn is not None and top_pick(drawn) is None else "fallback"
+        if not distinct or top_pick(scores) is None:
+            # One candidate, all alike, or no RM with a preference: no RM could matter.
             how = NO_SELECTION
         # The logged policy's probability of the RM that scored: the draw's own propensity
         # for a bandit decision; for forced and fallback rows (marked by `how`, excluded by
         # estimators) what the bandit would have given it (0 when it was not eligible).
         propensity = sel.probabilities.get(used, 0.0)
         best = int(np.argmax(scores))
+        kind = ANSWER_KINDS.get(query_kind(prep.question, bool(prep.documents), req.task))
+        observed = observe(used, known, texts, best, kind)
         self.rms.stats[used].selected += 1
         self.metrics.rm_selected.labels(used, how).inc()
         decision = Decision(
@@ -340,6 +363,7 @@ class Reranker:
             model=self.engine.model_name if adapter is None else adapter.name,
             drawn_arm=None if req.reward_model is not None else sel.arm,
             probabilities=sel.probabilities,
+            observed=observed,
         )
         # A decision that cannot be written is not answered: 503, the caller retries.
         await self._timed(
@@ -350,6 +374,28 @@ class Reranker:
             correct = await asyncio.to_thread(_is_correct, texts[best], req.reference, req.task)
         timings["total"] = time.perf_counter() - t0
         return self._respond(req, decision, prep, gen, timings, correct)
+
+    async def _score(
+        self,
+        order: list[str],
+        query: Query,
+        texts: list[str],
+        known: dict[str, list[float]],
+        forced: str | None,
+    ) -> tuple[str, list[float]]:
+        """The cheap RMs first (side observations, `bandit.observe_ms_per_candidate`), then
+        the first RM of `order` that scores and, unless the request forces one, prefers some
+        candidate (an RM that scores all alike abstains: the next one chooses)."""
+        distinct = len(set(texts)) > 1
+        if distinct:
+            enabled = set(self.bandit.enabled_arms)
+            cheap = self.rms.cheap(
+                [a for a in order if a in enabled], self.settings.bandit.observe_ms_per_candidate
+            )
+            await self.rms.score_each(cheap, query, texts, known)
+        return await self.rms.score(
+            order, query, texts, known, skip_abstaining=forced is None and distinct
+        )
 
     def _respond(
         self,
@@ -395,12 +441,17 @@ class Reranker:
         )
 
     # -- feedback ---------------------------------------------------------------------------
-    def _apply(self, arm: str, context: np.ndarray, reward: float) -> bool:
-        """Fold one committed feedback into the bandit and the RM statistics; False when its
-        RM or context no longer fits the bandit (it stays in the log)."""
+    def _apply(
+        self, arm: str, context: np.ndarray, reward: float, observed: Observed | None
+    ) -> bool:
+        """Fold one committed feedback into the bandit (the deciding RM, and every RM whose
+        pick agreed or that abstained: `observe.credits`) and the RM statistics; False when
+        its RM or context no longer fits the bandit (it stays in the log)."""
         applied = arm in self.bandit.arms and context.shape == (self.featurizer.dim,)
         if applied:
-            self.bandit.update(arm, context, reward)
+            for name, r in credits(arm, reward, observed, self.settings.bandit.abstain_reward):
+                if name in self.bandit.arms:
+                    self.bandit.update(name, context, r)
         if arm in self.rms.stats:
             st = self.rms.stats[arm]
             st.feedback += 1
@@ -432,7 +483,9 @@ class Reranker:
                 log.warning("feedback %d committed; applying it waits for the store: %s", seq, exc)
             applied = self._feedback_seq >= seq and decision.arm in self.bandit.arms
         else:
-            applied = teaches and self._apply(decision.arm, decision.context, reward)
+            applied = teaches and self._apply(
+                decision.arm, decision.context, reward, decision.observed
+            )
             self._feedback_seq = seq
         applied = applied and teaches
         self.metrics.feedback.labels(decision.arm).inc()
@@ -460,7 +513,7 @@ class Reranker:
                 await self._sync_reward_models()  # an RM added on another replica
             for row in rows:
                 if row.teaches:
-                    self._apply(row.arm, row.context, row.reward)
+                    self._apply(row.arm, row.context, row.reward, row.observed)
                 self._feedback_seq = row.seq
 
     async def _sync_reward_models(self) -> None:
@@ -472,7 +525,7 @@ class Reranker:
             if name not in self.rms and name not in self.unavailable and self.build_rm:
                 try:
                     spec = RewardModelSpec.model_validate_json(spec_json)
-                    rm = await asyncio.to_thread(self.build_rm, spec)
+                    rm = await asyncio.to_thread(self.build_rm, spec, self.rms.models)
                 except Exception as exc:
                     self.unavailable[name] = "added on another replica, cannot be built: " + (
                         _reason(exc)
@@ -483,6 +536,7 @@ class Reranker:
                     log.info("reward model %s added (on another replica)", name)
             if name in self.rms and name not in self.bandit.arms:
                 self.bandit.add_arm(name)
+                self._with_priors(self.bandit)
             if name not in self.bandit.arms or name in self.unavailable:
                 continue
             if enabled and not self.bandit.is_enabled(name):
@@ -519,7 +573,7 @@ class Reranker:
         if self.build_rm is None:
             raise BadRequestError("this server cannot build reward models at run time")
         try:
-            rm = self.build_rm(spec)
+            rm = self.build_rm(spec, self.rms.models)
         except Exception as exc:  # bad options, a missing or broken model folder
             raise BadRequestError(
                 f"cannot build {spec.name!r}: {type(exc).__name__}: {exc}"[:500], param="options"
@@ -529,6 +583,7 @@ class Reranker:
         )
         self.rms.add(spec.name, rm)
         self.bandit.add_arm(spec.name)
+        self._with_priors(self.bandit)
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         if name in self.unavailable and enabled:

@@ -8,7 +8,7 @@ all use it, so a setting means the same everywhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from laser.server.rms.builtin import (
     LogLikelihoodRM,
     RelevanceRM,
 )
+from laser.server.rms.ensemble import EnsembleRM
 from laser.server.rms.model_backed import HFRewardModel, RemoteRM, VLLMPoolingRM
 from laser.server.store.base import LogStore
 from laser.server.store.sqlite import Store
@@ -56,6 +57,7 @@ _REQUIRED_OPTIONS = {
     "remote": ("url", "a `remote` reward model needs options.url"),
     "vllm_pooling": ("path", "a `vllm_pooling` reward model needs options.path"),
     "hf": ("path", "an `hf` reward model needs options.path (a model folder)"),
+    "ensemble": ("members", "an `ensemble` reward model needs options.members (RM names)"),
 }
 
 
@@ -66,6 +68,31 @@ def check_reward_model_options(spec: RewardModelSpec) -> None:
     required = _REQUIRED_OPTIONS.get(spec.kind)
     if required is not None and required[0] not in spec.options:
         raise ValueError(required[1])
+    if spec.kind == "ensemble":
+        members = spec.options["members"]
+        if (
+            not isinstance(members, list)
+            or len(members) < 2
+            or not all(isinstance(m, str) for m in members)
+            or len(set(members)) != len(members)
+        ):
+            raise ValueError("options.members of an ensemble: two or more distinct RM names")
+        if spec.name in members:
+            raise ValueError("an ensemble cannot be its own member")
+
+
+def build_ensemble(spec: RewardModelSpec, models: Mapping[str, RewardModel]) -> RewardModel:
+    """An `ensemble` RM over already built `models` (every member must be one of them and
+    none an ensemble itself)."""
+    check_reward_model_options(spec)
+    members = spec.options["members"]
+    missing = [m for m in members if m not in models]
+    if missing:
+        raise ValueError(f"ensemble {spec.name}: unknown member(s) {', '.join(missing)}")
+    nested = [m for m in members if models[m].kind == "ensemble"]
+    if nested:
+        raise ValueError(f"ensemble {spec.name}: members cannot be ensembles ({nested[0]})")
+    return EnsembleRM(spec.name, {m: models[m] for m in members})
 
 
 def build_reward_model(
@@ -104,6 +131,8 @@ def build_reward_model(
         return VLLMPoolingRM(spec.name, **opts)
     if spec.kind == "hf":
         return HFRewardModel(spec.name, **opts)
+    if spec.kind == "ensemble":
+        raise ValueError("an ensemble is built over the other RMs (build_ensemble)")
     raise ValueError(f"unknown reward model kind {spec.kind!r}")
 
 
@@ -126,7 +155,12 @@ class Services:
         return rm
 
     def reward_models(self, specs: Sequence[RewardModelSpec]) -> dict[str, RewardModel]:
-        return {spec.name: self.reward_model(spec) for spec in specs}
+        """Every RM `specs` names; ensembles last, over the others."""
+        out = {s.name: self.reward_model(s) for s in specs if s.kind != "ensemble"}
+        for spec in specs:
+            if spec.kind == "ensemble":
+                out[spec.name] = build_ensemble(spec, out)
+        return {s.name: out[s.name] for s in specs}
 
     async def aclose(self) -> None:
         """Close the engine's HTTP clients (on the loop that used them), then stop it."""

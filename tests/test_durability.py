@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -98,10 +99,10 @@ def test_sigkill_after_acknowledged_feedback_loses_nothing(tmp_path: Path) -> No
         _kill(proc)
 
 
-def _feedback_rows(db: Path) -> list[tuple[int, str, float, str, bytes]]:
+def _feedback_rows(db: Path) -> list[tuple[int, str, float, str, bytes, str | None]]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         return con.execute(
-            "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context FROM feedback f "
+            "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.observed FROM feedback f "
             "JOIN decisions d ON d.id = f.decision_id ORDER BY f.seq"
         ).fetchall()
 
@@ -170,10 +171,20 @@ def test_sigkill_under_concurrent_feedback_then_sigterm_drains(tmp_path: Path) -
             ),
             list(summary["arms"]),
         )
-        for _, _, reward, arm, context in rows:
-            replay.update(arm, np.frombuffer(context), reward)
+        # Each feedback updates the RM that chose and, from the logged observations, every RM
+        # whose pick agreed (same reward) or that abstained (0): observe.credits.
+        updates: dict[str, int] = {}
+        for _, _, reward, arm, context, observed in rows:
+            obs = json.loads(observed) if observed else {"agree": [], "abstain": []}
+            for name, r in [
+                (arm, reward),
+                *((a, reward) for a in obs["agree"]),
+                *((a, 0.0) for a in obs["abstain"]),
+            ]:
+                replay.update(name, np.frombuffer(context), r)
+                updates[name] = updates.get(name, 0) + 1
         for arm, stats in summary["arms"].items():
-            assert stats["updates"] == sum(1 for r in rows if r[3] == arm)
+            assert stats["updates"] == updates.get(arm, 0)
         # The probe is a stored question, so its context is the stored vector.
         with sqlite3.connect(f"file:{data / 'laser.db'}?mode=ro", uri=True) as con:
             prompt, context = con.execute(

@@ -62,7 +62,7 @@ def test_what_is_too_big_to_check_is_nothing_to_check() -> None:
     check = verifiers.check_arithmetic(CRAFTED["930 terms"], "1+" * 930 + "1 = 931. #### 931")
     assert (check.correct, check.wrong, check.score) == (0, 0, 0.0)
     # Ordinary arithmetic is still checked.
-    assert verifiers.check_arithmetic("q", "12 * 3 = 36. #### 36").correct == 1
+    assert verifiers.check_arithmetic("12 packs of 3 pens?", "12 * 3 = 36. #### 36").correct == 1
 
 
 class _Flaky:

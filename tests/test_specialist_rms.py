@@ -17,65 +17,95 @@ def _rank(rm: object, query: Query, responses: list[str]) -> list[float]:
     return asyncio.run(rm.score(query, responses))  # type: ignore[attr-defined]
 
 
-def test_arithmetic_verifier_prefers_correct_worked_answers() -> None:
-    q = Query("Ana has 23 pens and gets 14 more. How many pens does Ana have now?", "p")
-    right = "Ana has 23 + 14 = 37 pens. The answer is 37."
-    wrong_step = "Ana has 23 + 14 = 36 pens. The answer is 36."
-    wrong_final = "23 + 14 = 37, so Ana has 38 pens."
-    no_number = "Ana has many pens."
-    scores = _rank(ArithmeticVerifierRM("arith"), q, [wrong_step, wrong_final, no_number, right])
-    assert int(np.argmax(scores)) == 3
-    assert scores[3] > scores[1] > scores[0]  # a right step with a wrong final beats a wrong step
-    assert scores[2] < scores[3]
-    c = check_arithmetic(q.question, wrong_step)
-    assert (c.correct, c.wrong, c.final, c.follows) == (0, 1, "36", -1)
-    c = check_arithmetic(q.question, right)
-    assert (c.correct, c.wrong, c.follows, c.question_numbers_used) == (1, 0, 1, 1.0)
+# Hand-written answers, in phrasings our generators never produce: the specialists must judge
+# what an answer means (right steps on the question's quantities, support for the answer),
+# not its form.
+SHELLS = "Tomas collected 12 shells on Monday, and his sister handed him 7 more. How many now?"
+COINS = "Mia keeps her savings in 4 boxes of 6 coins. How many coins has she saved?"
 
 
-def test_arithmetic_verifier_checks_the_question_and_worded_steps() -> None:
-    # The question states the arithmetic: a bare final answer is checked against it.
-    assert check_arithmetic("What is 40 - 12?", "It is 28.").follows == 1
-    assert check_arithmetic("What is 40 - 12?", "It is 27.").follows == 0
-    # Steps in words and chains of steps.
-    c = check_arithmetic("q", "3 times 4 is 12, and 12 plus 5 equals 17. #### 17")
-    assert (c.correct, c.wrong, c.final, c.follows) == (2, 0, "17", 1)
-    c = check_arithmetic("q", "$1,200 / 4 = $300 each")
-    assert (c.correct, c.follows) == (1, 1)
+def _arith(question: str, answers: list[str]) -> list[float]:
+    return _rank(ArithmeticVerifierRM("arith"), Query(question, question), answers)
+
+
+def test_arith_checks_the_operation_the_question_means() -> None:
+    right, wrong_op, wrong_sum = "12 + 7 = 19, so 19.", "12 - 7 = 5, so 5.", "12 + 7 = 18"
+    worded, bare_right = "Twelve plus seven is nineteen shells.", "19"
+    scores = dict(zip(
+        ["right", "wrong_op", "wrong_sum", "worded", "bare"],
+        _arith(SHELLS, [right, wrong_op, wrong_sum, worded, bare_right]),
+        strict=True,
+    ))  # fmt: skip
+    # A right step on the question's quantities beats everything; a correct subtraction for
+    # "handed him 7 more" is a doubtful step, below a bare number that checks nothing.
+    assert scores["right"] == scores["worded"] > scores["bare"] > scores["wrong_op"]
+    assert scores["wrong_op"] > scores["wrong_sum"]
+    c = check_arithmetic(SHELLS, wrong_op)
+    assert (c.correct, c.doubtful, c.follows) == (0, 1, -0.5)
+
+
+def test_arith_reads_units_and_products() -> None:
+    units, sum_instead, bare = "4 boxes × 6 coins = 24 coins", "4 + 6 = 10 coins.", "24"
+    worded = "She has four times six, which is 24 coins."
+    s = _arith(COINS, [units, sum_instead, bare, worded])
+    assert s[0] == s[3] > s[2] > s[1]
+    assert check_arithmetic(COINS, units).follows == 1.0
+
+
+def test_arith_chains_steps_and_does_not_verify_a_bare_answer_by_the_question() -> None:
+    q = "A baker bakes 3 trays of 8 rolls and sells 5 rolls. How many rolls are left?"
+    chain = "3 x 8 = 24 rolls baked. 24 - 5 = 19 rolls left."
+    skipped = "24 - 5 = 19 rolls left."  # 24 is not given: the chain is not checked
+    s = _arith(q, [chain, skipped, "19"])
+    assert s[0] > s[1] and s[0] > s[2]
+    c = check_arithmetic(q, chain)
+    assert (c.correct, c.follows, c.question_numbers_used) == (2, 1.0, 1.0)
+    # The question's own expression does not verify a bare number any more.
+    assert check_arithmetic("What is 40 - 12?", "28").follows == 0
+    assert check_arithmetic("What is 40 - 12?", "40 - 12 = 28").follows == 1
     assert evaluate("2 * (3 + 4)") == 14 and evaluate("7 / 0") is None
     assert evaluate("__import__('os')") is None  # only arithmetic is ever evaluated
 
 
-def test_arithmetic_verifier_ties_when_there_is_nothing_to_check() -> None:
-    q = Query("Who founded the company?", "p")
-    scores = _rank(ArithmeticVerifierRM("arith"), q, ["Mara did.", "Kofi founded it."])
-    assert scores[0] == scores[1]  # a tie: serving takes the first candidate (np.argmax)
+def test_arith_abstains_when_there_is_nothing_to_check() -> None:
+    scores = _arith("Who founded the company?", ["Mara did.", "Kofi founded it."])
+    assert scores[0] == scores[1]  # every candidate alike: the RM abstains
+    assert len(set(_arith(SHELLS, ["19", "It is nineteen.", "20"]))) == 1
 
 
 DOC = (
     "Startups grow fast when founders talk to users. Most ideas look bad at first. "
     "The secret ingredient in Mara's soup is saffron. Investors care about growth. "
-    "Kofi grew up in the city of Osaka. Good essays are short."
+    "The secret ingredient in Omar's stew is cumin. Good essays are short."
 )
+SOUP = Query("What is the secret ingredient in Mara's soup?", "p", [DOC])
 
 
-def test_grounding_prefers_answers_the_document_supports() -> None:
-    q = Query("What is the secret ingredient in Mara's soup?", "p", [DOC])
-    supported = "Saffron."
-    unsupported = "The secret ingredient is cumin."
-    off_topic = "Good essays are short."  # in the document, far from the question
-    restated = "The secret ingredient in Mara's soup."
-    scores = _rank(GroundingRM("grounding"), q, [unsupported, off_topic, restated, supported])
-    assert int(np.argmax(scores)) == 3
-    assert scores[3] > scores[1] > scores[0]
-    assert scores[2] == 0.0  # adds nothing beyond the question
-    # Multi-document: each fact is found in its own document.
-    two = grounding(
-        "In which city did Kofi grow up, and what is in Mara's soup?",
-        ["Kofi grew up in the city of Osaka. Rain fell.", "Mara's soup has saffron. Dogs bark."],
-        ["Osaka and saffron", "Lisbon and cumin"],
-    )
-    assert two[0] > 1.0 > two[1]
+def test_grounding_supports_the_answer_not_copied_words() -> None:
+    answers = [
+        "Saffron.",  # right
+        "Cumin.",  # a look-alike copied from the sentence about someone else
+        "Good essays are short.",  # an unrelated copied sentence
+        "She flavours it with saffron, I believe.",  # a paraphrase of the right answer
+        "Paprika.",  # made up
+        "The secret ingredient in Mara's soup.",  # restates the question
+    ]
+    s = _rank(GroundingRM("grounding"), SOUP, answers)
+    assert s[0] > s[1] > s[2] and s[1] > s[4]
+    assert s[3] > s[1]  # the paraphrase of the supported answer is supported
+    assert s[4] == 0.0 and s[5] == 0.0
+
+
+def test_grounding_joins_two_documents() -> None:
+    docs = [
+        "Essays are long. Lorenzo has worked at the Harbour office for years. People code.",
+        "The canteen at the Harbour office serves fish pie every Friday. Trains run late.",
+        "The canteen at the Meadow office serves lentil soup every Friday. Nobody knows why.",
+    ]
+    q = "What does the canteen at Lorenzo's office serve on Fridays?"
+    right, decoy, paraphrase = "Fish pie.", "Lentil soup.", "On Fridays it is fish pie."
+    s = grounding(q, docs, [right, decoy, paraphrase, "Trains run late."])
+    assert s[0] > s[1] > s[3] and s[2] > s[1]
 
 
 def test_grounding_without_documents_ties() -> None:
@@ -84,9 +114,8 @@ def test_grounding_without_documents_ties() -> None:
 
 
 def test_grounding_with_nothing_bm25_can_index_scores_instead_of_failing() -> None:
-    # Passages of one-letter words and digits only: BM25 has an empty vocabulary (it used to
-    # raise, which counted as an RM fault and fell back).
-    assert grounding("What is x?", ["x is 5. y is 2."], ["5", "It is 5."]) == [0.0, 0.0]
+    # Passages of stop words only: BM25 has nothing to rank by; still no error.
+    assert grounding("What is it?", ["It is. It was."], ["It is.", "5"]) == [0.0, 0.0]
     assert grounding("the of", ["Mara likes saffron. Dogs bark."], ["saffron"])[0] > 0
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -34,7 +34,13 @@ from laser.server.protocol import (
     ErrorResponse,
 )
 from laser.server.reranker import Reranker
-from laser.server.services import Services, build_reward_model, load_services, open_store
+from laser.server.services import (
+    Services,
+    build_ensemble,
+    build_reward_model,
+    load_services,
+    open_store,
+)
 from laser.server.training.jobs import JobManager
 
 log = logging.getLogger("laser.server")
@@ -140,12 +146,15 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
 def _reward_models(
     settings: Settings, svc: Services
-) -> tuple[Callable[[RewardModelSpec], Any], dict[str, Any], dict[str, str]]:
+) -> tuple[Callable[..., Any], dict[str, Any], dict[str, str]]:
     """The RM factory under the server's own outbound rule, the RMs it builds from the
     settings, and those that could not be built (name -> why): a bad entry disables that
     RM, the server still starts."""
 
-    def build_rm(spec: RewardModelSpec) -> Any:
+    def build_rm(spec: RewardModelSpec, models: Mapping[str, Any] | None = None) -> Any:
+        # An ensemble is built over the RMs built so far (`models`).
+        if spec.kind == "ensemble":
+            return build_ensemble(spec, models or {})
         # Under the server's own outbound rule, whatever the services were loaded with.
         return build_reward_model(
             spec, engine=svc.engine, encoder=svc.encoder, allowed_hosts=settings.outbound_hosts
@@ -153,9 +162,10 @@ def _reward_models(
 
     rms: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
-    for spec in settings.reward_models:
+    ordered = sorted(settings.reward_models, key=lambda s: s.kind == "ensemble")
+    for spec in ordered:
         try:
-            rms[spec.name] = build_rm(spec)
+            rms[spec.name] = build_rm(spec, rms)
         except Exception as exc:
             unavailable[spec.name] = f"{type(exc).__name__}: {exc}"[:300]
             log.error("reward model %s disabled: %s", spec.name, unavailable[spec.name])

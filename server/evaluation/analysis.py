@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from laser.server.config import Settings
+from laser.server.evaluation import deployment as dep
 from laser.server.evaluation import report as rep
 from laser.server.evaluation import splits as pr
 from laser.server.evaluation.config import Collected, EvalConfig
@@ -56,13 +57,14 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
     settings ablation."""
     t = col.table
     split = pr.split_items(t.tasks, config.heldout_share, config.seed)
+    keep, gaps = dep.headline_by_rule(t, split, config.headline_min_gap)
     p = _Protocol(
         table=t,
         split=split,
         orders=pr.stream_orders(split, config.orderings, config.seed),
         seed=config.seed,
         laser=LaserSettings.from_bandit(settings.bandit),
-        keep=_headline_tasks(t.tasks, config.off_headline),
+        keep=keep or list(dict.fromkeys(t.tasks)),
     )
     with progress(1, "strategies", config.progress) as bar:
         lr = p.run_laser(t)
@@ -74,12 +76,27 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
     with progress(1, "settings ablation (stream only)", config.progress) as bar:
         grid = _ablation(p, config)
         bar.update(1)
+    held = split.heldout
+    baselines = {n: p.macro(values[n], held) for n in ("best_single", "ensemble_mean")}
+    baselines["ensemble_vote"] = p.macro(values["ensemble_vote"], held)
+    with progress(1, "learning rules and priors (stream choice)", config.progress) as bar:
+        rules = dep.rules(t, split, p.orders, p.seed, p.laser, p.keep, baselines)
+        transfer = dep.priors_transfer(t, split, p.orders, p.seed, p.laser, values, p.keep)
+        bar.update(1)
+    strategies["laser"]["spread"] = dep.spread(lr.heldout_macro, baselines)
     return {
         "model": col.stats.get("model", ""),
         "rms": t.rms,
         "n_items": len(t.tasks),
         "tasks": _task_info(p, col),
         "headline_tasks": p.keep,
+        "headline_rule": {
+            "rule": dep.HEADLINE_RULE.format(gap=100 * config.headline_min_gap),
+            "oracle_minus_random_on_stream": gaps,
+        },
+        "families": dep.families(t, split, values, p.keep, p.seed),
+        "rules": rules,
+        "priors_transfer": transfer,
         "context_dim": int(t.contexts.shape[1]),
         "context": settings.featurizer.context,
         "laser": asdict(p.laser),
@@ -98,13 +115,6 @@ def analyse(col: Collected, config: EvalConfig, settings: Settings) -> dict[str,
         "mean_candidate_quality": round(float(t.quality.mean()), 4),
         "heldout_items": split.heldout.tolist(),
     }
-
-
-def _headline_tasks(tasks: list[str], off_headline: tuple[str, ...]) -> list[str]:
-    """The tasks the headline mean covers: all but `off_headline`, or all if that is none."""
-    return [task for task in dict.fromkeys(tasks) if task not in off_headline] or list(
-        dict.fromkeys(tasks)
-    )
 
 
 # -- held-out results per strategy ------------------------------------------------------------
@@ -333,8 +343,11 @@ def _task_info(p: _Protocol, col: Collected) -> dict[str, dict[str, Any]]:
     """Per task: items in all, in the stream, held out; its metric; in the headline or not."""
     tasks = p.tasks
     task_info = {}
+    metrics = col.stats.get("metrics", {})
     for task in dict.fromkeys(tasks):
         kinds = {it.kind for it in col.items if it.task == task}
+        if not col.items:  # a replay from table.npz
+            kinds = {"span"} if metrics.get(task) == "F1" else {"number"}
         task_info[task] = {
             "items": sum(1 for x in tasks if x == task),
             "stream": int(sum(1 for i in p.split.stream if tasks[i] == task)),

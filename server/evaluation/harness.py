@@ -32,6 +32,7 @@ from laser.server.evaluation.analysis import analyse, pilot_table
 from laser.server.evaluation.cache import Cache
 from laser.server.evaluation.collect import collect
 from laser.server.evaluation.config import Collected, EvalConfig
+from laser.server.evaluation.tablefile import load_table, save_table
 from laser.server.featurize import SentenceEncoder
 from laser.server.rms.base import RewardModel
 
@@ -85,6 +86,8 @@ async def evaluate(
     col.stats["model"] = engine.model_name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not config.pilot:  # the raw data every number comes from (`--replay` reads it)
+        save_table(out / "table.npz", col.table, col.noise_scores, _metrics(col), col.stats)
     report = pilot_table(col) if config.pilot else analyse(col, config, settings)
     report["model"] = engine.model_name
     report["config"] = {k: v for k, v in asdict(config).items() if k != "progress"}
@@ -96,5 +99,42 @@ async def evaluate(
         report["files"] = rep.write_pilot(report, out)
         return report
     _items_jsonl(col, set(report.pop("heldout_items")), out / "items.jsonl")
-    report["files"] = [*rep.write(report, out), "items.jsonl"]
+    report["files"] = [*rep.write(report, out), "items.jsonl", "table.npz"]
+    return report
+
+
+def _metrics(col: Collected) -> dict[str, str]:
+    kinds: dict[str, set[str]] = {}
+    for it in col.items:
+        kinds.setdefault(it.task, set()).add(it.kind)
+    return {task: "F1" if k == {"span"} else "accuracy" for task, k in kinds.items()}
+
+
+def replay(
+    config: EvalConfig, settings: Settings, table_dir: str | Path, out_dir: str | Path, command: str
+) -> dict[str, Any]:
+    """The report recomputed from a `table.npz` (no model): every number of a report comes
+    from its table and the settings, so this reproduces it, or shows what other settings
+    would give on the same candidates."""
+    import platform
+
+    from laser.server.evaluation import report as rep
+
+    start = time.perf_counter()
+    table, noise, metrics, stats = load_table(Path(table_dir) / "table.npz")
+    col = Collected([], [], None, table, noise, {**stats, "metrics": metrics})
+    report = analyse(col, config, settings)
+    report.pop("heldout_items")
+    report["model"] = stats.get("model", "")
+    report["config"] = {k: v for k, v in asdict(config).items() if k != "progress"}
+    report["command"] = command
+    report["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
+    report["stats"] = stats
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report["files"] = rep.write(report, out)
+    if Path(table_dir).resolve() != out.resolve():
+        save_table(out / "table.npz", table, noise, metrics, stats)
+        report["files"].append("table.npz")
     return report

@@ -173,21 +173,23 @@ def heldout_values(
     """Every strategy's per-item quality (held-out items meaningful), and which RM the
     stream chose for the hindsight rows."""
     fixed = per_item_values(t)
-    singles = {rm: fixed[f"rm:{rm}"] for rm in t.rms}
+    # The single-RM baselines are over the RMs themselves, not ensemble arms.
+    base = [r for r in t.rms if r not in t.ensemble_members]
+    singles = {rm: fixed[f"rm:{rm}"] for rm in base}
     stream_score = {rm: macro(q, split.stream, t.tasks, keep) for rm, q in singles.items()}
-    best_single = max(t.rms, key=lambda rm: stream_score[rm])
+    best_single = max(base, key=lambda rm: stream_score[rm])
     tasks = np.asarray(t.tasks)
     best_task = np.zeros(len(t.tasks))
     chosen: dict[str, str] = {"best_single_rm": best_single}
     for task in dict.fromkeys(t.tasks):
         rows = split.stream[tasks[split.stream] == task]
-        best = max(t.rms, key=lambda rm: float(singles[rm][rows].mean()))
+        best = max(base, key=lambda rm: float(singles[rm][rows].mean()))
         chosen[f"best_rm:{task}"] = best
         best_task[tasks == task] = singles[best][tasks == task]
     values: dict[str, FloatArray] = {
         "laser": laser,
         # A random RM's exact expectation: the mean of the single RMs' picks.
-        "random_rm": np.mean([singles[rm] for rm in t.rms], axis=0),
+        "random_rm": np.mean([singles[rm] for rm in base], axis=0),
         "best_single": singles[best_single],
         **fixed,
         "oracle_rm_task": best_task,

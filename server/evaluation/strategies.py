@@ -6,7 +6,7 @@ scores, and the bandit's context per item.
 
 | strategy | picks | RM calls per item |
 |---|---|---|
-| `laser` | LinUCB picks one RM per item (featurizer context); feedback = pick's quality | 1 |
+| `laser` | the serving rule (`learn_laser`): bandit draws the RM; feedback = pick's quality | 1+ |
 | `rm:<name>` | always that RM | 1 |
 | `ensemble_mean` | argmax of the mean of per-item min-max normalised scores of all RMs | K |
 | `ensemble_vote` | the candidate most RMs rank first (ties: `ensemble_mean`) | K |
@@ -28,12 +28,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from laser.bandit import LinUCB, LinUCBConfig
 from laser.server.config import BanditSettings
+from laser.server.priors import apply_priors
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -56,6 +58,14 @@ class Table:
     """How many leading features of `contexts` are the one-hot region (kind of query)."""
     context_variants: dict[str, tuple[FloatArray, int]] = field(default_factory=dict)
     """Other contexts for ablations: name -> (contexts, regions)."""
+    keys: list[list[str]] | None = None
+    """Per item and candidate, the final answer as serving compares answers (`observe.
+    same_answer`: the extracted answer, else the text); None: candidates agree only with
+    themselves."""
+    kinds: list[str] | None = None
+    """Per item, the kind of query (`featurize.KINDS`), for priors."""
+    ensemble_members: dict[str, list[str]] = field(default_factory=dict)
+    """RMs whose scores are an ensemble arm's (`rms/ensemble.py`) over these members."""
 
     def __post_init__(self) -> None:
         n_items = len(self.tasks)
@@ -86,7 +96,19 @@ class Table:
             score_seconds={**self.score_seconds, **seconds},
             regions=self.regions,
             context_variants=self.context_variants,
+            keys=self.keys,
+            kinds=self.kinds,
+            ensemble_members=self.ensemble_members,
         )
+
+    def with_ensemble_arm(self, name: str, members: Sequence[str]) -> Table:
+        """A copy with an ensemble arm over `members`: the score ensemble serving's
+        `ensemble` RM computes, costing what its members cost."""
+        scores = ensemble_mean_scores(self, members)
+        seconds = sum((self.score_seconds[m] for m in members if m in self.score_seconds), 0.0)
+        out = self.with_scores({name: scores}, {name: np.asarray(seconds, dtype=np.float64)})
+        out.ensemble_members = {**self.ensemble_members, name: list(members)}
+        return out
 
 
 @dataclass
@@ -117,8 +139,9 @@ def _result(
     idx = np.arange(len(t.tasks))
     arms = list(arms) if arms is not None else [None] * len(idx)
     if every_rm:
-        calls = len(idx) * len(t.rms)
-        secs = sum(float(np.sum(t.score_seconds.get(r, 0.0))) for r in t.rms)
+        base = [r for r in t.rms if r not in t.ensemble_members]
+        calls = len(idx) * len(base)
+        secs = sum(float(np.sum(t.score_seconds.get(r, 0.0))) for r in base)
     else:
         calls = sum(1 for a in arms if a is not None)
         secs = sum(
@@ -158,7 +181,8 @@ def run_fixed(t: Table, rm: str, order: IntArray | None = None) -> Run:
 
 
 def ensemble_mean_scores(t: Table, rms: Sequence[str] | None = None) -> FloatArray:
-    rms = list(rms or t.rms)
+    """The score ensemble over `rms` (default: every RM but the ensemble arms)."""
+    rms = list(rms or [r for r in t.rms if r not in t.ensemble_members])
     return np.asarray(np.mean([normalised(t.scores[r]) for r in rms], axis=0), dtype=np.float64)
 
 
@@ -172,7 +196,7 @@ def votes(t: Table, rms: Sequence[str] | None = None) -> FloatArray:
     of an item alike has no preference there and abstains (it does not vote for the first)."""
     out = np.zeros_like(t.quality)
     idx = np.arange(len(t.tasks))
-    for r in rms or t.rms:
+    for r in rms or [r for r in t.rms if r not in t.ensemble_members]:
         s = t.scores[r]
         decided = s.max(axis=1) > s.min(axis=1)
         out[idx[decided], np.argmax(s, axis=1)[decided]] += 1
@@ -242,13 +266,44 @@ class LaserSettings:
     context: str = "features"
     """`features` (the table's serving context), `bias` (a constant 1: a context-free UCB,
     the ablation) or the name of one of the table's `context_variants`."""
+    policy: str = "ucb"
+    """`ucb` or `thompson` (`LinUCBConfig.policy`)."""
+    observe_ms: float = 0.0
+    """Side observations: RMs costing at most this many ms per candidate (measured in the
+    table) are scored on every item; 0 = only the RMs the rule asks (LASeR as published)."""
+    abstain: bool = False
+    """An RM that scores every candidate alike passes to the next RM and is credited
+    `abstain_reward`; False: it picks candidate 0 and earns its quality (as published)."""
+    abstain_reward: float = 0.0
+    priors: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    """`priors.learn_priors` output to start from (None: a cold start)."""
+    prior_strength: float = 8.0
+
+    def rule(self) -> str:
+        """A short name of the learning rule, for reports."""
+        parts = [self.policy]
+        if self.observe_ms > 0:
+            parts.append("side")
+        if self.abstain:
+            parts.append("abstain")
+        if self.priors is not None:
+            parts.append("priors")
+        return "+".join(parts)
 
     @classmethod
     def from_bandit(cls, bandit: BanditSettings) -> LaserSettings:
         """The server's bandit settings; the evaluation keeps its own seeds (per ordering)
         and dtype (`linucb`)."""
         return cls(
-            alpha=bandit.alpha, ridge=bandit.ridge, epsilon=bandit.epsilon, warmup=bandit.warmup
+            alpha=bandit.alpha,
+            ridge=bandit.ridge,
+            epsilon=bandit.epsilon,
+            warmup=bandit.warmup,
+            policy=bandit.policy,
+            observe_ms=bandit.observe_ms_per_candidate,
+            abstain=True,
+            abstain_reward=bandit.abstain_reward,
+            prior_strength=bandit.prior_strength,
         )
 
     def linucb(self, dim: int, regions: int, seed: int) -> LinUCBConfig:
@@ -260,6 +315,7 @@ class LaserSettings:
             ridge=self.ridge,
             epsilon=self.epsilon,
             warmup=self.warmup,
+            policy=self.policy,
             dtype="float64",
         )
         return bandit.linucb(dim, regions, seed)
@@ -278,6 +334,26 @@ def laser_context(t: Table, context: str) -> tuple[FloatArray, int]:
         raise ValueError(f"unknown context {context!r}; known: {known}") from None
 
 
+def observed_rms(t: Table, rms: Sequence[str], budget_ms: float, n: int) -> list[str]:
+    """The RMs scored on every item for side observations: those whose measured time per
+    candidate is within `budget_ms` (serving's `RMPool.cheap`, on the table's timings); an
+    ensemble arm when all its members are."""
+    if budget_ms <= 0:
+        return []
+    out = []
+    for rm in rms:
+        secs = t.score_seconds.get(rm)
+        if secs is not None and len(secs) and 1000 * float(np.mean(secs)) / n <= budget_ms:
+            out.append(rm)
+    out = [r for r in out if r not in t.ensemble_members]
+    out += [e for e, m in t.ensemble_members.items() if e in rms and all(x in out for x in m)]
+    return out
+
+
+def _top(row: FloatArray) -> int | None:
+    return None if row.max() == row.min() else int(np.argmax(row))
+
+
 def learn_laser(
     t: Table,
     order: IntArray,
@@ -287,9 +363,13 @@ def learn_laser(
     add_midway: tuple[str, int] | None = None,
     name: str = "laser",
 ) -> tuple[LinUCB, Run]:
-    """LinUCB over the items in `order` (all items or a subset, e.g. the stream split):
-    select an RM, pick its argmax, feed back its quality. Returns the bandit as it ends and
-    the run (meaningful on the items of `order` only).
+    """The serving rule over the items in `order` (all items or a subset, e.g. the stream
+    split): the bandit draws an RM; with `abstain`, an RM scoring every candidate alike
+    passes to the next by the bandit's order; the chooser's top candidate is returned and
+    its quality fed back, to the chooser and (with `observe_ms`) to every observed RM whose
+    top candidate is the same answer, and `abstain_reward` to every observed RM that
+    abstained (`observe.credits`). Returns the bandit as it ends and the run (meaningful on
+    the items of `order` only).
 
     `add_midway=(rm, step)`: `rm` is absent at first and added as a new arm (from the prior)
     before stream step `step`, as an RM added to a running server would be.
@@ -301,19 +381,49 @@ def learn_laser(
         arms = [a for a in arms if a != late]
     ctx, regions = laser_context(t, settings.context)
     bandit = LinUCB(settings.linucb(ctx.shape[1], regions, seed), arms)
+    if settings.priors is not None:
+        apply_priors(bandit, settings.priors, settings.prior_strength)
+    n = t.quality.shape[1]
+    observed = observed_rms(t, list(rms or t.rms), settings.observe_ms, n)
     chosen: list[str | None] = [None] * len(t.tasks)
     picks = np.zeros(len(t.tasks), dtype=np.int64)
     spent = 0.0
+    alpha = bandit.config.alpha
     for step, i in enumerate(order):
         if late is not None and step == at:
             bandit.add_arm(late)
+            if settings.priors is not None:
+                apply_priors(bandit, settings.priors, settings.prior_strength)
         start = time.perf_counter()
-        arm = bandit.select(ctx[i]).arm
+        sel = bandit.select(ctx[i])
+        ucb = {a: sel.expectations[a] + alpha * sel.widths[a] for a in sel.expectations}
+        ranked = [sel.arm, *sorted((a for a in ucb if a != sel.arm), key=lambda a: -ucb[a])]
+        arm = sel.arm
+        if settings.abstain:
+            arm = next((a for a in ranked if _top(t.scores[a][i]) is not None), sel.arm)
         pick = int(np.argmax(t.scores[arm][i]))
-        bandit.update(arm, ctx[i], float(t.quality[i, pick]))
+        reward = float(t.quality[i, pick])
+        if settings.abstain and _top(t.scores[arm][i]) is None:
+            pass  # no RM had a preference: nothing to learn (serving's `none`)
+        else:
+            seen = {a: t.scores[a][i] for a in [*observed, *ranked[: ranked.index(arm) + 1]]}
+            bandit.update(arm, ctx[i], reward)
+            for a, row in seen.items():
+                if a == arm or a not in bandit.arms:
+                    continue
+                top = _top(row)
+                if top is None:
+                    if settings.abstain:
+                        bandit.update(a, ctx[i], settings.abstain_reward)
+                elif a in observed and _same(t, i, top, pick):
+                    bandit.update(a, ctx[i], reward)
         spent += time.perf_counter() - start
         chosen[i], picks[i] = arm, pick
     return bandit, _result(name, t, picks, order, chosen, overhead=spent)
+
+
+def _same(t: Table, i: int, a: int, b: int) -> bool:
+    return a == b or (t.keys is not None and t.keys[i][a] == t.keys[i][b])
 
 
 def run_laser(

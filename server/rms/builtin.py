@@ -37,6 +37,7 @@ from laser.server.rms.base import Query, input_safe
 
 class LogLikelihoodRM:
     kind = "loglik"
+    cost_ms = 2.0  # from the sampled tokens' kept logprobs; an engine pass costs more (measured)
 
     def __init__(self, name: str, engine: Engine) -> None:
         self.name, self.engine = name, engine
@@ -49,6 +50,7 @@ class LogLikelihoodRM:
 
 class AgreementRM:
     kind = "agreement"
+    cost_ms = 2.0
 
     def __init__(self, name: str, use_reference: bool = True) -> None:
         self.name, self.use_reference = name, use_reference
@@ -79,6 +81,7 @@ class AgreementRM:
 
 class RelevanceRM:
     kind = "relevance"
+    cost_ms = 50.0  # a sentence-encoder pass per candidate
 
     def __init__(
         self, name: str, encoder: SentenceEncoder, chunk_chars: int = 600, max_chunks: int = 48
@@ -113,7 +116,8 @@ class RelevanceRM:
 
 class ArithmeticVerifierRM:
     kind = "arith"
-    version = 1  # bump when the scoring changes (evaluation caches key on it)
+    cost_ms = 1.0
+    version = 2  # bump when the scoring changes (evaluation caches key on it)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -127,7 +131,8 @@ class ArithmeticVerifierRM:
 
 class GroundingRM:
     kind = "grounding"
-    version = 1  # bump when the scoring changes (evaluation caches key on it)
+    cost_ms = 2.0
+    version = 2  # bump when the scoring changes (evaluation caches key on it)
 
     def __init__(self, name: str, top_k: int = 3) -> None:
         self.name, self.top_k = name, top_k

@@ -5,11 +5,15 @@ The tables (SQLite in `sqlite.py`, PostgreSQL in `postgres.py`, the same columns
 - `decisions`: id, created, prompt, task, has_document, arm (the RM that scored), propensity,
   selection (`bandit`: drawn from the bandit's policy; `forced`: the request named the RM;
   `fallback`: the drawn RM failed and the next one scored; `none`: the RM could not matter,
-  one candidate or all candidates the same text, so feedback on it teaches no RM), context
+  one candidate, all candidates the same text or every RM scoring them alike, so feedback
+  on it teaches no RM; `abstain`: the drawn RM scored every candidate alike and the next RM
+  by the bandit's order chose), context
   (float64 bytes), scores (JSON list), chosen index, model, drawn_arm (the bandit's draw;
   null when forced), probabilities (JSON: the bandit's policy over the eligible RMs for this
   context). `propensity` is always that policy's probability of `arm`, also for forced and fallback
-  rows, which estimators exclude by `selection`.
+  rows, which estimators exclude by `selection`. observed (JSON, `observe.py`): every RM's
+  scores for the decision, which RMs' picks agree with the returned answer and which
+  abstained, so a feedback also updates them, on replay and on every replica alike.
 - `feedback`: seq (monotonic), decision id (unique: first feedback stands), reward, created
 - `snapshots`: seq, created, last feedback seq folded in, bandit state (laser.bandit bytes)
 """
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from laser.server.observe import Observed
 
 
 class UnknownDecisionError(KeyError):
@@ -47,11 +53,12 @@ class Decision:
     model: str
     drawn_arm: str | None = None
     probabilities: dict[str, float] | None = None
+    observed: Observed | None = None
 
 
 DECISION_COLUMNS = (
     "id, created, prompt, task, has_document, arm, propensity, selection, context, scores, "
-    "chosen, model, drawn_arm, probabilities"
+    "chosen, model, drawn_arm, probabilities, observed"
 )
 # Columns added after the first release: (name, type), added to older files on open.
 
@@ -76,6 +83,7 @@ def decision_values(d: Decision) -> tuple[Any, ...]:
         d.model,
         d.drawn_arm,
         None if d.probabilities is None else json.dumps(d.probabilities),
+        None if d.observed is None else d.observed.to_json(),
     )
 
 
@@ -96,6 +104,7 @@ def decision_from_row(row: Any) -> Decision:
         model=row[11],
         drawn_arm=row[12],
         probabilities=None if row[13] is None else json.loads(row[13]),
+        observed=Observed.from_json(row[14]) if len(row) > 14 else None,
     )
 
 
@@ -111,6 +120,7 @@ class FeedbackRow:
     arm: str
     context: np.ndarray
     selection: str = "bandit"
+    observed: Observed | None = None
 
     @property
     def teaches(self) -> bool:

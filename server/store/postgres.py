@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from laser.server.observe import Observed
 from laser.server.store.base import (
     DECISION_COLUMNS,
     DECISION_FIELDS,
@@ -85,6 +86,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX decisions_created ON decisions (created);
         """,
     ),
+    (2, "ALTER TABLE decisions ADD COLUMN observed TEXT;"),
 ]
 LATEST = MIGRATIONS[-1][0]
 _LOCK_ID = 0x1A5E2  # advisory lock: one migrating process at a time
@@ -239,12 +241,17 @@ class PgStore:
 
     def _feedback_after(self, conn: Any, seq: int) -> list[FeedbackRow]:
         rows = conn.execute(
-            "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.selection "
+            "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.selection, d.observed "
             "FROM feedback f "
             "JOIN decisions d ON d.id = f.decision_id WHERE f.seq > %s ORDER BY f.seq",
             (seq,),
         ).fetchall()
-        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(bytes(r[4])), r[5]) for r in rows]
+        return [
+            FeedbackRow(
+                r[0], r[1], r[2], r[3], np.frombuffer(bytes(r[4])), r[5], Observed.from_json(r[6])
+            )
+            for r in rows
+        ]
 
     def feedback_after(self, seq: int) -> list[FeedbackRow]:
         """Feedback with sequence number > `seq`, in commit order (blocking; start-up)."""

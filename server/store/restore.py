@@ -6,16 +6,21 @@ as before. Snapshots themselves are written by the reranker (`Reranker.snapshot`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from laser.bandit import LinUCB, LinUCBConfig, StateError, from_bytes
+from laser.server.observe import credits
 from laser.server.store.base import LogStore
 
 log = logging.getLogger("laser.server")
 
 
 def restore_bandit(
-    store: LogStore, config: LinUCBConfig, arms: Iterable[str]
+    store: LogStore,
+    config: LinUCBConfig,
+    arms: Iterable[str],
+    abstain_reward: float = 0.0,
+    prepare: Callable[[LinUCB], None] | None = None,
 ) -> tuple[LinUCB, int]:
     """The bandit to serve with, and the sequence number of the last feedback applied.
 
@@ -23,7 +28,9 @@ def restore_bandit(
     what it learnt is kept, while alpha, epsilon and warm-up come from `config`, so an
     operator's change takes effect on restart. RMs configured now become arms (new ones from
     the prior); arms no longer configured stay known but disabled. Feedback logged after the
-    snapshot is then replayed (feedback whose context no longer fits is skipped).
+    snapshot is then replayed (feedback whose context no longer fits is skipped), each with
+    the updates it made when it came (`observe.credits`). `prepare` (folding in priors) runs
+    on the bandit before the replay, fresh or restored.
     """
     arms = list(arms)
     bandit, after = LinUCB(config, arms), 0
@@ -49,10 +56,14 @@ def restore_bandit(
     for name in bandit.arms:  # RMs no longer configured stay known but unused
         if name not in arms:
             bandit.disable_arm(name)
+    if prepare is not None:
+        prepare(bandit)
     replayed, last = 0, after
     for row in store.feedback_after(after):
         if row.teaches and row.arm in bandit.arms and row.context.shape == (config.dim,):
-            bandit.update(row.arm, row.context, row.reward)
+            for name, r in credits(row.arm, row.reward, row.observed, abstain_reward):
+                if name in bandit.arms:
+                    bandit.update(name, row.context, r)
             replayed += 1
         last = row.seq
     if snap is not None or replayed:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from laser.server.observe import Observed
 from laser.server.store.base import (
     DECISION_COLUMNS,
     DECISION_FIELDS,
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     chosen INTEGER NOT NULL,
     model TEXT NOT NULL,
     drawn_arm TEXT,
-    probabilities TEXT
+    probabilities TEXT,
+    observed TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 # Columns added after the first release: ALTERed into older files at open.
-_ADDED_COLUMNS = (("drawn_arm", "TEXT"), ("probabilities", "TEXT"))
+_ADDED_COLUMNS = (("drawn_arm", "TEXT"), ("probabilities", "TEXT"), ("observed", "TEXT"))
 
 
 class Store:
@@ -238,13 +240,16 @@ class Store:
         """Feedback with sequence number > `seq`, oldest first, joined with its decision."""
         rows = self.run_sync(
             lambda: self.conn.execute(
-                "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.selection "
+                "SELECT f.seq, f.decision_id, f.reward, d.arm, d.context, d.selection, d.observed "
                 "FROM feedback f "
                 "JOIN decisions d ON d.id = f.decision_id WHERE f.seq > ? ORDER BY f.seq",
                 (seq,),
             ).fetchall()
         )
-        return [FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(r[4]), r[5]) for r in rows]
+        return [
+            FeedbackRow(r[0], r[1], r[2], r[3], np.frombuffer(r[4]), r[5], Observed.from_json(r[6]))
+            for r in rows
+        ]
 
     async def answered_prompts(
         self, limit: int, with_feedback: bool = True, since: float = 0.0, until: float = 1e18
