@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     add_train(sub)
 
     from laser.server.evaluation.cli import add_parser as add_eval
+    from laser.server.evaluation.cli import add_priors_parser
 
     add_eval(sub)
+    add_priors_parser(sub)
 
     from laser.server.ope.cli import add_parser as add_ope
 

@@ -167,6 +167,16 @@ class BanditSettings(_Section):
         "traffic (about 2x faster select + update at large featurizer.dim)",
     )
 
+    @field_validator("priors")
+    @classmethod
+    def _priors_readable(cls, value: Path | None) -> Path | None:
+        """A priors file that cannot be read stops the start with its reason."""
+        if value is not None:
+            from laser.server.priors import load_priors
+
+            load_priors(value)  # PriorsError is a ValueError: a config error
+        return value
+
     def linucb(self, dim: int, regions: int, seed: int | None = None) -> LinUCBConfig:
         """The LinUCB these settings describe over a context of `dim` features whose first
         `regions` are the warm start's one-hot regions (serving and training alike)."""

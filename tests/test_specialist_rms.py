@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 
 from laser.server.featurize import KINDS, Featurizer, query_kind

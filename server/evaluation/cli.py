@@ -89,6 +89,105 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def add_priors_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "priors",
+        help="learn each RM's expected reward per kind of query from labelled items",
+        description=(
+            "Sample n candidates per labelled item (your JSONL: prompt, reference, optional "
+            "document(s), task; and/or built-in --tasks), let every configured RM pick one, "
+            "grade the picks, and write per RM and kind of query the mean reward of its "
+            "picks and how many items it rests on. `[bandit] priors = FILE` makes `serve` and "
+            "`train` start from it (docs/bandit.md). Samples and scores are cached as for eval."
+        ),
+    )
+    p.add_argument("--prompts", help="your JSONL of labelled items")
+    p.add_argument("--tasks", default="", help="built-in tasks/suites too (default none)")
+    p.add_argument("--items", type=int, default=100, help="items per built-in task")
+    p.add_argument("--replay", metavar="DIR", help="learn from DIR/table.npz (no sampling)")
+    p.add_argument("--n", type=int, default=8, help="candidates per item (default 8)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="priors.json", help="the priors file (default priors.json)")
+    p.add_argument("--cache-dir", help="sample/score cache (default <data-dir>/eval-cache)")
+    p.add_argument("--config", help="TOML config (engine, reward_models, bandit)")
+    p.add_argument("--data-dir", help="model cache in <dir>/cache (default laser-data)")
+    p.add_argument("--model", help="HF model folder to sample from (default: embedded SmolLM2)")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(
+        func=run_priors,
+        pilot=False,
+        orderings=1,
+        heldout_share=0.5,
+        task_items="",
+        alpha=None,
+        late_rm=None,
+        no_greedy=True,
+        no_noise=True,
+    )
+
+
+def run_priors(args: argparse.Namespace) -> None:
+    """`laser-server priors`: collect (or read a table), learn, write the priors file."""
+    offline_environment()
+    from laser.server.priors import learn_priors, save_priors
+
+    log_to_stderr()
+    if not args.prompts and not args.tasks and not args.replay:
+        sys.exit("laser-server priors: give --prompts (your labelled JSONL), --tasks or --replay")
+    settings, config = _settings_and_config(args)
+    if args.replay:
+        from laser.server.evaluation.tablefile import load_table
+
+        try:
+            table = load_table(f"{args.replay}/table.npz")[0]
+        except (ValueError, OSError) as exc:
+            sys.exit(f"laser-server priors: {exc}")
+    else:
+        table = _collect_table(args, settings, config)
+    assert table.kinds is not None
+    priors = learn_priors(table.kinds, table.quality, table.scores, settings.bandit.abstain_reward)
+    source = {"command": _command_line(args), "items": len(table.tasks), "n": config.n}
+    save_priors(args.out, priors, source)
+    for rm, by_kind in priors.items():
+        cells = ", ".join(f"{k} {100 * v['mean']:.1f} ({v['items']})" for k, v in by_kind.items())
+        print(f"  {rm:<16} {cells}")
+    print(f"priors of {len(priors)} RMs over {len(table.tasks)} items written to {args.out}")
+
+
+def _collect_table(args: argparse.Namespace, settings: Settings, config: EvalConfig) -> Any:
+    from laser.server.data import DataError
+    from laser.server.evaluation.cache import Cache
+    from laser.server.evaluation.collect import collect
+    from laser.server.evaluation.config import EvalError
+
+    cache_dir = None if args.cache_dir == "none" else args.cache_dir
+    root = cache_dir or str(settings.data_dir / "eval-cache")
+
+    async def main() -> Any:
+        from pathlib import Path
+
+        from laser.server.services import load_services
+
+        services = load_services(settings)
+        try:
+            cache = Cache(None if cache_dir == "none" else Path(root))
+            col = await collect(config, settings, services.engine, services.encoder, cache)
+            return col.table
+        finally:
+            services.shutdown()
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return asyncio.run(main())
+    except (DataError, EvalError) as exc:
+        sys.exit(f"laser-server priors: {exc}")
+
+
 def run(args: argparse.Namespace) -> None:
     offline_environment()
     from laser.server.data import DataError

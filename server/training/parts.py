@@ -32,6 +32,7 @@ from laser.server import assets
 from laser.server.data import DataError, PromptItem, load_prompts
 from laser.server.engines.base import Engine
 from laser.server.featurize import Featurizer, SentenceEncoder
+from laser.server.priors import apply_priors, load_priors
 from laser.server.prompts import format_documents
 from laser.server.rms.base import RewardModel
 from laser.server.services import build_reward_model, check_reward_model_options, vllm_engine
@@ -89,7 +90,12 @@ def make_selector(
     """The run's selector over RMs `names` for `dim`-feature contexts whose first `regions`
     features are the kind-of-query one-hot (None for the ensemble: no choice)."""
     if cfg.selector == "laser":
-        return LinUCB(linucb_config(cfg, dim, regions), names)
+        bandit = LinUCB(linucb_config(cfg, dim, regions), names)
+        if cfg.bandit.priors is not None:
+            # Priors are in the units of serving's feedback (answer quality); the training
+            # reward has its own scale, so they only set where the bandit starts.
+            apply_priors(bandit, load_priors(cfg.bandit.priors), cfg.bandit.prior_strength)
+        return bandit
     if cfg.selector == "fixed":
         assert cfg.fixed_rm is not None
         return FixedArm(cfg.fixed_rm, names)
