@@ -76,10 +76,10 @@ def test_rm_added_online_is_chosen_once_it_earns_it_and_survives_restart(
             picks.append(gen["reward_model"])
             reward = 1.0 if gen["reward_model"] == "relevance_b" else 0.0
             httpx.post(url + "/feedback", json={"id": gen["id"], "reward": reward})
-        # The warm start: every RM, the new one too, tried `warmup` times on this kind of
-        # query first; then the one that earned the rewards is chosen.
-        head = picks[: len(arms) * warmup]
-        assert sorted(head) == sorted(arms * warmup), picks
+        # The warm start tries the new RM early (the cheap RMs are observed on every
+        # request, so their tries come as side observations); then the one that earned the
+        # rewards is chosen.
+        assert "relevance_b" in picks[: len(arms) * warmup], picks
         assert picks[-5:] == ["relevance_b"] * 5, picks
 
         assert httpx.post(url + "/admin/reward-models/relevance_b/disable").status_code == 200

@@ -43,7 +43,7 @@ def test_the_readme_tour_runs_as_written(server: LiveServer) -> None:
     reply = json.loads(first.stdout)
     # The reply has the fields the README shows (values differ: sampling, timings).
     assert reply.keys() >= sample.keys(), set(sample) - set(reply)
-    assert reply["selection"] == "bandit" and reply["usage"]["completion_tokens"] > 0
+    assert reply["selection"] in ("bandit", "abstain") and reply["usage"]["completion_tokens"] > 0
     second = subprocess.run(
         ["bash", "-c", commands[1].replace("127.0.0.1:8000", host).replace("<id>", reply["id"])],
         capture_output=True,

@@ -170,3 +170,29 @@ def test_pilot_table_shows_each_rm_per_task(tmp_path: Path) -> None:
     md = pilot_markdown(table)
     assert "| single RM: a | 100.0 |" in md
     assert write_pilot(table, tmp_path) == ["pilot.json", "pilot.md"]
+
+
+def test_table_file_reproduces_the_report_and_feeds_priors(tmp_path: Path) -> None:
+    """table.npz (written beside every report) holds everything the numbers come from:
+    `eval --replay` recomputes the same report from it, and `priors --replay` learns from it."""
+    from laser.server.cli import main
+    from laser.server.evaluation.tablefile import load_table, save_table
+    from laser.server.priors import load_priors
+
+    t = replace(synthetic(n_per_task=30), kinds=["math"] * 30 + ["qa"] * 30)
+    noise = np.random.default_rng(9).normal(size=t.quality.shape)
+    save_table(tmp_path / "table.npz", t, noise, {"x": "accuracy", "y": "F1"}, {"model": "m"})
+    t2, noise2, metrics, _ = load_table(tmp_path / "table.npz")
+    assert t2.rms == t.rms and metrics == {"x": "accuracy", "y": "F1"}
+    assert np.array_equal(t2.quality, t.quality) and np.array_equal(noise2, noise)
+    col = collected(t)
+    a = analyse(col, CONFIG, settings())
+    b = analyse(
+        Collected([], [], None, t2, noise2, {**col.stats, "metrics": metrics}), CONFIG, settings()
+    )
+    a.pop("heldout_items"), b.pop("heldout_items")
+    assert json.dumps(a["strategies"]) == json.dumps(b["strategies"])
+    assert a["ci"] == b["ci"] and a["rules"] == b["rules"]
+    main(["priors", "--replay", str(tmp_path), "--out", str(tmp_path / "p.json")])
+    priors = load_priors(tmp_path / "p.json")
+    assert priors["a"]["math"]["mean"] == 1.0 and priors["b"]["qa"]["mean"] == 1.0

@@ -275,6 +275,7 @@ def _settings_and_config(args: argparse.Namespace) -> tuple[Settings, EvalConfig
             late_rm=args.late_rm,
             concurrency=args.concurrency,
             progress=not args.no_progress,
+            replay=bool(args.replay),
         )
         if args.late_rm and args.late_rm not in {s.name for s in settings.reward_models}:
             raise ValueError(f"--late-rm {args.late_rm!r} is not a configured reward model")

@@ -48,6 +48,8 @@ class EvalConfig:
     something to select); the others are in the all-tasks mean (`deployment.py`)."""
     task_items: dict[str, int] = field(default_factory=dict)
     """Items for particular tasks instead of `items_per_task` (e.g. {"gpqa": 100})."""
+    replay: bool = False
+    """The items come from a saved table (`--replay`), not from tasks or a prompts file."""
     pilot: bool = False
     """Only the per-task RM table (is there anything to select?), no strategies."""
     seed: int = 0
@@ -70,7 +72,7 @@ class EvalConfig:
         for name in ("items_per_task", "n", "max_tokens", "orderings", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.tasks and not self.prompts_file:
+        if not self.tasks and not self.prompts_file and not self.replay:
             raise ValueError("nothing to evaluate: give tasks and/or a prompts file")
         if not 0 < self.heldout_share < 1:
             raise ValueError(f"heldout_share must be in (0, 1), got {self.heldout_share}")

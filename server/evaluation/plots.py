@@ -1,5 +1,5 @@
 """The report's PNG plots, one function per plot (matplotlib, imported only when plotting):
-`accuracy.png`, `ci.png`, `regret.png`, `rm_share.png` (see `report.py`)."""
+`accuracy.png`, `ci.png`, `regret.png`, `rm_share.png`, `spread.png` (see `report.py`)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def plot_all(report: dict[str, Any], out: Path) -> list[str]:
         "regret.png": _regret,
         "rm_share.png": _rm_share,
     }
+    if report["strategies"]["laser"].get("spread") and report.get("rules"):
+        plots["spread.png"] = _spread
     written = []
     for name, plot in plots.items():
         fig = plot(report)
@@ -36,6 +38,35 @@ def plot_all(report: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _spread(report: dict[str, Any]) -> Figure:
+    """What one deployment gets: each learning rule's held-out headline mean per ordering of
+    the stream (min, 10th percentile, median, max), against the fixed baselines."""
+    import matplotlib.pyplot as plt
+
+    rules = report["rules"]
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=90)
+    names = list(rules)
+    for k, name in enumerate(names):
+        h = rules[name]["heldout"]
+        ax.plot([h["min"], h["max"]], [k, k], color="0.6", lw=1)
+        ax.plot([h["p10"], h["median"]], [k, k], color="tab:blue", lw=5, solid_capstyle="butt")
+        ax.plot(h["mean"], k, "k|", ms=12)
+    s = report["strategies"]
+    colours = {"best_single": "tab:red", "ensemble_mean": "tab:green", "ensemble_vote": "tab:olive"}
+    for n, c in colours.items():
+        ax.axvline(
+            s[n]["heldout"], color=c, ls="--", lw=1, label=label(n, report["chosen_on_stream"])
+        )
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(
+        "held-out headline mean over orderings (grey: min-max, blue: p10-median, |: mean)"
+    )
+    ax.set_title("One deployment per ordering of the stream: LASeR learning rules")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
 
 
 def _accuracy(report: dict[str, Any]) -> Figure:

@@ -61,6 +61,7 @@ def markdown(report: dict[str, Any]) -> str:
             *_header(report),
             *_heldout_section(report),
             *_ci_section(report),
+            *_deployment_section(report),
             *_usage_section(report),
             *_cost_section(report),
             *_noise_section(report),
@@ -303,6 +304,80 @@ def _ablation_section(r: dict[str, Any]) -> list[str]:
             f"{_p(g['stream_mean'])} ± {_p(g['stream_std'])} |"
         )
     out.append("")
+    return out
+
+
+def _deployment_section(r: dict[str, Any]) -> list[str]:
+    """The headline rule, LASeR's spread over orderings, the families, the learning rules and
+    the priors transfer (`deployment.py`); empty for reports without them."""
+    if "rules" not in r:
+        return []
+    rule = r["headline_rule"]
+    gaps = ", ".join(f"{t} {_p(g)}" for t, g in rule["oracle_minus_random_on_stream"].items())
+    out = [
+        "## What one deployment gets",
+        "",
+        f"Headline tasks by a rule fixed before the run: {rule['rule']} ({gaps}).",
+        "",
+    ]
+    sp = r["strategies"]["laser"].get("spread")
+    if sp:
+        beats = ", ".join(f"{label(n)} {100 * v:.0f}%" for n, v in sp["share_beating"].items())
+        out += [
+            f"LASeR over {sp['orderings']} orderings of the stream (each one deployment): "
+            f"held-out headline mean {_p(sp['mean'])} ± {_p(sp['std'])}, min {_p(sp['min'])}, "
+            f"10th percentile {_p(sp['p10'])}, median {_p(sp['median'])}, max {_p(sp['max'])}; "
+            f"share of orderings above: {beats}.",
+            "",
+        ]
+    for fam, f in r.get("families", {}).items():
+        h, ci = f["heldout"], f["ci"]
+        out += [
+            f"**{fam}** ({', '.join(f['tasks'])}): "
+            + ", ".join(f"{label(n)} {_p(v)}" for n, v in h.items())
+            + "; LASeR minus "
+            + ", ".join(
+                f"{label(n)} {_p(c['diff'], True)} [{_p(c['lo'], True)}, {_p(c['hi'], True)}]"
+                for n, c in ci.items()
+            ),
+            "",
+        ]
+    out += [
+        "### Learning rules (the choice is made on the stream column only)",
+        "",
+        "| rule | stream (online) | held-out mean | min | p10 | median | > best single | "
+        "> ensemble |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, x in r["rules"].items():
+        h = x["heldout"]
+        share = h["share_beating"]
+        out.append(
+            f"| {name} | {_p(x['stream'])} ± {_p(x['stream_std'])} | {_p(h['mean'])} ± "
+            f"{_p(h['std'])} | {_p(h['min'])} | {_p(h['p10'])} | {_p(h['median'])} | "
+            f"{100 * share.get('best_single', 0):.0f}% | "
+            f"{100 * share.get('ensemble_mean', 0):.0f}% |"
+        )
+    out.append("")
+    for target, row in r.get("priors_transfer", {}).items():
+        out += [
+            f"### Priors, deployment on {target} ({', '.join(row['tasks'])})",
+            "",
+            "| start | stream (online) | held-out mean | p10 | minus best single | "
+            "minus ensemble |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, x in row.items():
+            if name == "tasks":
+                continue
+            h, a, b = x["heldout"], x["ci_vs_best_single"], x["ci_vs_ensemble"]
+            out.append(
+                f"| {name} | {_p(x['stream'])} | {_p(h['mean'])} ± {_p(h['std'])} | "
+                f"{_p(h['p10'])} | {_p(a['diff'], True)} [{_p(a['lo'], True)}, "
+                f"{_p(a['hi'], True)}] | {_p(b['diff'], True)} [{_p(b['lo'], True)}, "
+                f"{_p(b['hi'], True)}] |"
+            )
+        out.append("")
     return out
 
 

@@ -2,13 +2,14 @@
 
 Read from a server's SQLite file (`<data-dir>/laser.db`, opened read-only) or from a JSONL
 export (`write_jsonl`; one decision per line, the same fields). Only decisions whose RM was
-drawn from the logged policy (`selection == "bandit"`) with a reward can be used; the others
-are counted by reason (forced, fallback, none: candidates alike, no feedback, foreign
-context) and reported.
+drawn from the logged policy (`selection == "bandit"`, or `abstain`: evaluated as the draw
+of the RM that abstained) with a reward can be used; the others are counted by reason
+(forced, fallback, none: candidates alike, no feedback, foreign context) and reported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import sqlite3
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from laser.server.config import redact, redact_url
+from laser.server.observe import Observed
 from laser.server.store.base import DECISION_COLUMNS, Decision, decision_from_row
 
 FloatArray = np.ndarray
@@ -52,6 +54,7 @@ class LoggedDecision(Decision):
             "chosen": self.chosen,
             "model": self.model,
             "drawn_arm": self.drawn_arm,
+            "observed": None if self.observed is None else json.loads(self.observed.to_json()),
             "reward": self.reward,
         }
 
@@ -72,6 +75,7 @@ class LoggedDecision(Decision):
             chosen=int(d.get("chosen", 0)),
             model=str(d.get("model", "")),
             drawn_arm=d.get("drawn_arm"),
+            observed=Observed.from_json(json.dumps(d["observed"])) if d.get("observed") else None,
             reward=None if d.get("reward") is None else float(d["reward"]),
         )
 
@@ -103,9 +107,22 @@ class LogData:
         return int(self.contexts.shape[1]) if self.n else 0
 
 
+def _as_drawn(d: LoggedDecision) -> LoggedDecision:
+    """An `abstain` row (the drawn RM scored all candidates alike, the next one chose) is a
+    draw of the drawn RM: the answer served is what drawing it leads to under the serving
+    rule, so it is evaluated as that draw with its own propensity. Side observations (other
+    RMs' agreement) are not draws and never enter the estimators."""
+    if d.selection != "abstain" or d.drawn_arm is None or not d.probabilities:
+        return d
+    p = d.probabilities.get(d.drawn_arm)
+    if p is None:
+        return d
+    return dataclasses.replace(d, arm=d.drawn_arm, propensity=p, selection="bandit")
+
+
 def build(decisions: Iterable[LoggedDecision], arms: Sequence[str] | None = None) -> LogData:
     """Keep the rows an estimator may use; count the rest by reason."""
-    decisions = list(decisions)
+    decisions = [_as_drawn(d) for d in decisions]
     excluded: Counter[str] = Counter()
     keep: list[LoggedDecision] = []
     dims = Counter(d.context.shape[0] for d in decisions if d.selection == "bandit")
