@@ -155,7 +155,7 @@ def run_laser_split(
         steps.append(run.quality[order])
         s_arms.append([str(run.arms[i]) for i in order])
         stream_macro.append(macro(run.quality, order, t.tasks, keep))
-        arms = frozen_arms(bandit, ctx, split.heldout)
+        arms = frozen_arms(bandit, ctx, split.heldout, t if settings.abstain else None)
         h_arms.append(arms)
         q = np.zeros(len(t.tasks))
         for i, arm in zip(split.heldout, arms, strict=True):

@@ -439,10 +439,20 @@ def run_laser(
     return learn_laser(t, order, seed, settings, rms, add_midway, name)[1]
 
 
-def frozen_arms(bandit: LinUCB, ctx: FloatArray, items: IntArray) -> list[str]:
+def frozen_arms(
+    bandit: LinUCB, ctx: FloatArray, items: IntArray, t: Table | None = None
+) -> list[str]:
     """The RM a frozen bandit deploys per item: the highest expected reward (theta.x), no
-    exploration bonus, no epsilon, no updates; ties go to the first arm."""
+    exploration bonus, no epsilon, no updates; ties go to the first arm. With `t` (the
+    abstention rule), an RM that scores the item's candidates all alike passes to the next by
+    expected reward, as serving does."""
     arms = bandit.enabled_arms
     theta = np.array([bandit.theta(a) for a in arms])
     means = ctx[items] @ theta.T
-    return [arms[int(k)] for k in np.argmax(means, axis=1)]
+    if t is None:
+        return [arms[int(k)] for k in np.argmax(means, axis=1)]
+    out = []
+    for row, i in zip(means, items, strict=True):
+        ranked = [arms[int(k)] for k in np.argsort(-row, kind="stable")]
+        out.append(next((a for a in ranked if _top(t.scores[a][i]) is not None), ranked[0]))
+    return out
