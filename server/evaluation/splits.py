@@ -19,7 +19,7 @@ the other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import product
 from typing import Any
 
@@ -241,9 +241,9 @@ def ablation(
     each combination: what the serving defaults are chosen by. Held-out items are not used."""
     rows = []
     for context, warmup, alpha in product(contexts, warmups, alphas):
-        cfg = LaserSettings(
-            alpha=alpha, ridge=base.ridge, epsilon=base.epsilon, warmup=warmup, context=context
-        )
+        # The served learning rule (side observations, abstention, policy) with these three
+        # settings changed.
+        cfg = replace(base, alpha=alpha, warmup=warmup, context=context)
         vals = [
             macro(learn_laser(t, o, seed * 1000 + k, cfg)[1].quality, o, t.tasks, keep)
             for k, o in enumerate(orders)
