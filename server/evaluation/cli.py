@@ -55,6 +55,13 @@ def add_parser(sub: Any) -> None:
         help="share of each task's items held out for scoring (default 0.5)",
     )
     p.add_argument(
+        "--headline-min-gap",
+        type=float,
+        default=0.10,
+        help="the headline rule: a task enters the headline mean when its oracle beats a "
+        "random RM by this much on the stream split (default 0.10)",
+    )
+    p.add_argument(
         "--task-items",
         default="",
         help="items for particular tasks, e.g. gpqa=100 (default: --items for every task)",
@@ -276,6 +283,7 @@ def _settings_and_config(args: argparse.Namespace) -> tuple[Settings, EvalConfig
             concurrency=args.concurrency,
             progress=not args.no_progress,
             replay=bool(args.replay),
+            headline_min_gap=getattr(args, "headline_min_gap", 0.10),
         )
         if args.late_rm and args.late_rm not in {s.name for s in settings.reward_models}:
             raise ValueError(f"--late-rm {args.late_rm!r} is not a configured reward model")
