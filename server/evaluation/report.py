@@ -88,8 +88,8 @@ def _header(r: dict[str, Any]) -> list[str]:
         f"context `{r['context']}` ({r['context_dim']} dims).",
         "",
         f"Wall time {r['wall_seconds']:.0f} s on {r['machine']}; engine generate calls this "
-        f"run: {r['stats']['engine_generate_calls']}, RM scoring calls: "
-        f"{r['stats']['rm_score_calls']} (cache hits {r['stats']['cache_hits']}).",
+        f"run: {r['stats'].get('engine_generate_calls', 0)}, RM scoring calls: "
+        f"{r['stats'].get('rm_score_calls', 0)} (cache hits {r['stats'].get('cache_hits', 0)}).",
         "",
     ]
 
@@ -322,7 +322,10 @@ def _deployment_section(r: dict[str, Any]) -> list[str]:
     ]
     sp = r["strategies"]["laser"].get("spread")
     if sp:
-        beats = ", ".join(f"{label(n)} {100 * v:.0f}%" for n, v in sp["share_beating"].items())
+        chosen = r["chosen_on_stream"]
+        beats = ", ".join(
+            f"{label(n, chosen)} {100 * v:.0f}%" for n, v in sp["share_beating"].items()
+        )
         out += [
             f"LASeR over {sp['orderings']} orderings of the stream (each one deployment): "
             f"held-out headline mean {_p(sp['mean'])} ± {_p(sp['std'])}, min {_p(sp['min'])}, "
@@ -334,10 +337,11 @@ def _deployment_section(r: dict[str, Any]) -> list[str]:
         h, ci = f["heldout"], f["ci"]
         out += [
             f"**{fam}** ({', '.join(f['tasks'])}): "
-            + ", ".join(f"{label(n)} {_p(v)}" for n, v in h.items())
+            + ", ".join(f"{label(n, r['chosen_on_stream'])} {_p(v)}" for n, v in h.items())
             + "; LASeR minus "
             + ", ".join(
-                f"{label(n)} {_p(c['diff'], True)} [{_p(c['lo'], True)}, {_p(c['hi'], True)}]"
+                f"{label(n, r['chosen_on_stream'])} {_p(c['diff'], True)} "
+                f"[{_p(c['lo'], True)}, {_p(c['hi'], True)}]"
                 for n, c in ci.items()
             ),
             "",
