@@ -85,10 +85,10 @@ def test_db_upgrade_command(pg_url: str, capsys: pytest.CaptureFixture[str]) -> 
     cli_main(["db", "status", "--url", pg_url])
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "schema 0; this laser-server uses 1",
-        "schema 0 -> 1",
-        "schema 1: up to date",
-        "schema 1; this laser-server uses 1",
+        "schema 0; this laser-server uses 2",
+        "schema 0 -> 2",
+        "schema 2: up to date",
+        "schema 2; this laser-server uses 2",
     ]
 
 
@@ -121,6 +121,12 @@ def test_replicas_learn_as_one(
         # Within a bounded delay A has applied all of it, and both predict the same.
         wait_for(lambda: seq(a.url) == seq(b.url) == last)
         assert predictions(a.url) == predictions(b.url)
+        # Side observations (RMs that agreed or abstained) are applied on both replicas alike.
+        updates = [
+            {n: x["updates"] for n, x in httpx.get(u + "/admin/reward-models").json().items()}
+            for u in (a.url, b.url)
+        ]
+        assert updates[0] == updates[1] and sum(updates[0].values()) > len(ids)
 
         # Admin changes made on one replica reach the others.
         new = {"name": "agree2", "kind": "agreement", "options": {"use_reference": False}}
