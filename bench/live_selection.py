@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "LASER_DATA_DIR": str(data), "LASER_PORT": str(port)}
+    if (ROOT / ".cache" / "models").is_dir():  # the converted model the tests keep
+        env["LASER_CACHE_DIR"] = str(ROOT / ".cache" / "models")
     if args.priors:
         env["LASER_BANDIT__PRIORS"] = str(Path(args.priors).resolve())
     log = data / "server.log"

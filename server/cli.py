@@ -8,14 +8,14 @@ import os
 import signal
 import sys
 
-from laser.server.runtime import log_to_stderr, offline_environment
+from laser.server.runtime import offline_environment
 
 
 def _serve(args: argparse.Namespace) -> None:
     offline_environment()
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     from pydantic import ValidationError
 
+    from laser.server import logs
     from laser.server.api.app import build_app, http_server
     from laser.server.config import config_error_text, settings_from_flags
 
@@ -26,7 +26,9 @@ def _serve(args: argparse.Namespace) -> None:
     problem = settings.exposure_problem()
     if problem is not None:
         sys.exit(f"laser-server: {problem}")
-    log_to_stderr()
+    # vLLM's own log handler would write plain lines; with JSON logs it writes through ours.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0" if settings.log_format == "json" else "1")
+    logs.setup(settings.log_format)
     log = logging.getLogger("laser.server")
     log.info(
         "laser-server: data in %s; listening on http://%s:%d once the model is loaded",

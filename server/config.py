@@ -260,6 +260,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object per line (time, level, logger, message, "
+        "request_id, route, status, rm, latency_ms) for a log shipper",
+    )
     data_dir: Path = Path("laser-data")
     cache_dir: Path | None = Field(None, description="model cache; default <data_dir>/cache")
     n_default: int = Field(4, ge=1)

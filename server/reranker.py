@@ -24,7 +24,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 from laser.bandit import LinUCB, Selection, from_bytes, to_bytes
-from laser.server import answers
+from laser.server import answers, logs
 from laser.server.config import RewardModelSpec, Settings, redact
 from laser.server.engines.base import Adapter, Engine, EngineError, Generation, Sampling
 from laser.server.errors import (
@@ -343,6 +343,7 @@ class Reranker:
         # for a bandit decision; for forced and fallback rows (marked by `how`, excluded by
         # estimators) what the bandit would have given it (0 when it was not eligible).
         propensity = sel.probabilities.get(used, 0.0)
+        logs.note(rm=used)
         best = int(np.argmax(scores))
         kind = ANSWER_KINDS.get(query_kind(prep.question, bool(prep.documents), req.task))
         observed = observe(used, known, texts, best, kind)

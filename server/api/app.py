@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from laser.server import logs
 from laser.server.api.admission import Admission, BodyLimitMiddleware
 from laser.server.api.auth import require_admin, require_user
 from laser.server.api.openai_routes import router as openai_router
@@ -62,6 +63,14 @@ class RequestMetricsMiddleware:
         metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
         start = time.perf_counter()
         status = 500
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+        logs.REQUEST.set(
+            {
+                "request_id": given.decode("latin-1")[:128] or None,
+                "method": scope.get("method"),
+                "route": scope.get("path"),
+            }
+        )
 
         async def timed(message: Message) -> None:
             nonlocal status
@@ -80,9 +89,11 @@ class RequestMetricsMiddleware:
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
+        path = getattr(scope.get("route"), "path", "unmatched")
         if metrics is not None:
-            path = getattr(scope.get("route"), "path", "unmatched")
             metrics.requests.labels(path, str(status)).inc()
+        logs.note(route=path)
+        logs.access(status, (time.perf_counter() - start) * 1000)
 
 
 class InsecureSettingsError(RuntimeError):
@@ -101,6 +112,10 @@ def http_server(
             host=settings.host,
             port=settings.port if port is None else port,
             log_level=log_level,
+            # Our access line (`logs.access`: request id, RM, latency) replaces uvicorn's,
+            # and every line goes through the root handler `logs.setup` installs.
+            access_log=False,
+            log_config=None,
             lifespan="on",
             timeout_keep_alive=settings.keep_alive_s,
             # On SIGTERM: stop accepting, let in-flight requests finish (up to 30 s), then

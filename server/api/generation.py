@@ -9,6 +9,7 @@ import uuid
 
 from fastapi import Request
 
+from laser.server import logs
 from laser.server.errors import BadRequestError, ConflictError
 from laser.server.limits import check_input_size
 from laser.server.protocol import GenerateRequest, GenerateResponse
@@ -22,6 +23,7 @@ async def run_generate(request: Request, req: GenerateRequest, prefix: str) -> G
     if given is not None and len(given) > 128:
         raise BadRequestError("X-Request-Id is longer than 128 characters", param="X-Request-Id")
     request_id = given or f"{prefix}-{uuid.uuid4().hex}"
+    logs.note(request_id=request_id)
     check_input_size(req, reranker.settings)
     # Back-pressure: a bounded number run, a bounded number wait, the rest get 429 at once.
     async with request.app.state.admission.slot():
