@@ -408,3 +408,43 @@ class OPEReport(BaseModel):
     observed: Interval = Field(description="the logged policy's observed mean reward")
     bootstrap: int
     policies: list[PolicyEstimateOut]
+
+
+class DecisionSummary(BaseModel):
+    """One row of `GET /admin/decisions` (newest first)."""
+
+    id: str
+    created: float
+    question: str = Field(description="the question (documents not included), first 300 chars")
+    task: str | None
+    has_document: bool
+    reward_model: str
+    selection: str
+    drawn: str | None
+    propensity: float
+    chosen: int
+    score: float | None
+    model: str
+    feedback: float | None
+
+
+class DecisionPageResponse(BaseModel):
+    decisions: list[DecisionSummary]
+    next: str | None = Field(description="pass as `before` for the next page; null: the end")
+
+
+class DecisionCandidate(BaseModel):
+    text: str | None
+    chosen: bool
+    scores: dict[str, float] = Field(description="every RM that scored it, by name")
+
+
+class DecisionDetail(DecisionSummary):
+    """`GET /admin/decisions/{id}`: the whole logged decision."""
+
+    question: str
+    candidates: list[DecisionCandidate]
+    agree: list[str] = Field(description="RMs whose pick was the returned answer")
+    abstain: list[str] = Field(description="RMs that scored every candidate alike")
+    probabilities: dict[str, float] | None
+    context: list[float]

@@ -165,6 +165,10 @@ class Reranker:
             self.store_fault = None
         return result
 
+    async def read(self, call: Awaitable[T]) -> T:
+        """A store read for a route (the decision log): a store fault is a 503 as always."""
+        return await self._stored("read", call)
+
     def _select(self, x: np.ndarray) -> Selection:
         """The bandit's choice among enabled arms whose circuit is not open (all of them if
         every one is open). Propensities are over the arms actually eligible."""
@@ -365,6 +369,7 @@ class Reranker:
             drawn_arm=None if req.reward_model is not None else sel.arm,
             probabilities=sel.probabilities,
             observed=observed,
+            candidates=texts,
         )
         # A decision that cannot be written is not answered: 503, the caller retries.
         await self._timed(

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from laser.server import logs
 from laser.server.api.admission import Admission, BodyLimitMiddleware
 from laser.server.api.auth import require_admin, require_user
+from laser.server.api.decision_routes import router as decision_router
 from laser.server.api.openai_routes import router as openai_router
 from laser.server.api.routes import admin_router, native_router
 from laser.server.api.training_routes import restore_policy
@@ -155,6 +156,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(openai_router, dependencies=[Depends(require_user)])
     app.include_router(training_router, dependencies=[Depends(require_admin)])
     app.include_router(admin_router, dependencies=[Depends(require_admin)])
+    app.include_router(decision_router, dependencies=[Depends(require_admin)])
     app.include_router(native_router)
     return app
 

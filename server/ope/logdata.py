@@ -180,8 +180,9 @@ def _read_db(path: Path) -> list[LoggedDecision]:
         cols = DECISION_COLUMNS
         if "probabilities" not in columns:  # written before the distribution was logged
             cols = cols.replace("drawn_arm, probabilities", "NULL, NULL")
-        if "observed" not in columns:  # written before side observations were logged
-            cols = cols.replace(", observed", ", NULL")
+        for added in ("observed", "candidates"):  # columns newer than the file
+            if added not in columns:
+                cols = cols.replace(f", {added}", ", NULL")
         rewards = dict(conn.execute("SELECT decision_id, reward FROM feedback").fetchall())
         out = []
         for row in conn.execute(f"SELECT {cols} FROM decisions ORDER BY created, rowid"):

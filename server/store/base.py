@@ -54,11 +54,13 @@ class Decision:
     drawn_arm: str | None = None
     probabilities: dict[str, float] | None = None
     observed: Observed | None = None
+    candidates: list[str] | None = None
+    """The candidates' texts, in order (`scores` and `chosen` index them)."""
 
 
 DECISION_COLUMNS = (
     "id, created, prompt, task, has_document, arm, propensity, selection, context, scores, "
-    "chosen, model, drawn_arm, probabilities, observed"
+    "chosen, model, drawn_arm, probabilities, observed, candidates"
 )
 # Columns added after the first release: (name, type), added to older files on open.
 
@@ -84,6 +86,7 @@ def decision_values(d: Decision) -> tuple[Any, ...]:
         d.drawn_arm,
         None if d.probabilities is None else json.dumps(d.probabilities),
         None if d.observed is None else d.observed.to_json(),
+        None if d.candidates is None else json.dumps(d.candidates),
     )
 
 
@@ -105,7 +108,47 @@ def decision_from_row(row: Any) -> Decision:
         drawn_arm=row[12],
         probabilities=None if row[13] is None else json.loads(row[13]),
         observed=Observed.from_json(row[14]) if len(row) > 14 else None,
+        candidates=json.loads(row[15]) if len(row) > 15 and row[15] is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class DecisionPage:
+    """Filters and a keyset cursor for listing decisions newest first (`/admin/decisions`)."""
+
+    limit: int = 50
+    before: tuple[float, str] | None = None
+    """Only decisions older than this (created, id): the last row of the previous page."""
+    arm: str | None = None
+    selection: str | None = None
+    feedback: bool | None = None
+    """True: only decisions with feedback; False: only those without."""
+    task: str | None = None
+
+    def sql(self, mark: str) -> tuple[str, list[Any]]:
+        """The query (placeholders `mark`: `?` or `%s`) and its arguments. An index on
+        (created, id) serves the order and the cursor, so a page costs the same at any depth."""
+        where, args = [], []
+        if self.before is not None:
+            where.append(f"(d.created < {mark} OR (d.created = {mark} AND d.id < {mark}))")
+            args += [self.before[0], self.before[0], self.before[1]]
+        for column, value in (("d.arm", self.arm), ("d.selection", self.selection)):
+            if value is not None:
+                where.append(f"{column} = {mark}")
+                args.append(value)
+        if self.task is not None:
+            where.append(f"d.task = {mark}")
+            args.append(self.task)
+        if self.feedback is not None:
+            where.append("f.reward IS NOT NULL" if self.feedback else "f.reward IS NULL")
+        cols = ", ".join(f"d.{c.strip()}" for c in DECISION_COLUMNS.split(","))
+        sql = (
+            f"SELECT {cols}, f.reward FROM decisions d "
+            "LEFT JOIN feedback f ON f.decision_id = d.id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY d.created DESC, d.id DESC LIMIT {mark}"
+        )
+        return sql, [*args, self.limit]
 
 
 NO_SELECTION = "none"
@@ -136,6 +179,8 @@ class LogStore(Protocol):
 
     async def add_decision(self, d: Decision) -> None: ...
     async def get_decision(self, decision_id: str) -> Decision | None: ...
+    async def decisions(self, page: DecisionPage) -> list[tuple[Decision, float | None]]: ...
+    async def decision_feedback(self, decision_id: str) -> float | None: ...
     async def add_feedback(self, decision_id: str, reward: float) -> tuple[int, Decision]: ...
     def feedback_after(self, seq: int) -> list[FeedbackRow]: ...
     async def answered_prompts(

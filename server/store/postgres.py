@@ -33,6 +33,7 @@ from laser.server.store.base import (
     DECISION_COLUMNS,
     DECISION_FIELDS,
     Decision,
+    DecisionPage,
     DuplicateFeedbackError,
     FeedbackRow,
     UnknownDecisionError,
@@ -86,7 +87,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX decisions_created ON decisions (created);
         """,
     ),
-    (2, "ALTER TABLE decisions ADD COLUMN observed TEXT;"),
+    (
+        2,
+        """
+        ALTER TABLE decisions ADD COLUMN observed TEXT;
+        ALTER TABLE decisions ADD COLUMN candidates TEXT;
+        CREATE INDEX decisions_created_id ON decisions (created, id);
+        CREATE INDEX decisions_arm_created ON decisions (arm, created, id);
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 _LOCK_ID = 0x1A5E2  # advisory lock: one migrating process at a time
@@ -209,6 +218,25 @@ class PgStore:
                 f"SELECT {DECISION_COLUMNS} FROM decisions WHERE id = %s", (decision_id,)
             ).fetchone()
             return None if row is None else decision_from_pg_row(row)
+
+        return await self._translated(q)
+
+    async def decisions(self, page: DecisionPage) -> list[tuple[Decision, float | None]]:
+        """A page of decisions newest first, each with its feedback (None: none yet)."""
+        sql, args = page.sql("%s")
+
+        def q(conn: Any) -> list[tuple[Decision, float | None]]:
+            rows = conn.execute(sql, args).fetchall()
+            return [(decision_from_pg_row(r[:-1]), r[-1]) for r in rows]
+
+        return await self._translated(q)
+
+    async def decision_feedback(self, decision_id: str) -> float | None:
+        def q(conn: Any) -> float | None:
+            row = conn.execute(
+                "SELECT reward FROM feedback WHERE decision_id = %s", (decision_id,)
+            ).fetchone()
+            return None if row is None else float(row[0])
 
         return await self._translated(q)
 

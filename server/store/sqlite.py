@@ -29,6 +29,7 @@ from laser.server.store.base import (
     DECISION_COLUMNS,
     DECISION_FIELDS,
     Decision,
+    DecisionPage,
     DuplicateFeedbackError,
     FeedbackRow,
     UnknownDecisionError,
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     model TEXT NOT NULL,
     drawn_arm TEXT,
     probabilities TEXT,
-    observed TEXT
+    observed TEXT,
+    candidates TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -76,7 +78,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 # Columns added after the first release: ALTERed into older files at open.
-_ADDED_COLUMNS = (("drawn_arm", "TEXT"), ("probabilities", "TEXT"), ("observed", "TEXT"))
+_ADDED_COLUMNS = (
+    ("drawn_arm", "TEXT"),
+    ("probabilities", "TEXT"),
+    ("observed", "TEXT"),
+    ("candidates", "TEXT"),
+)
+# Listing decisions newest first, all or by RM (`/admin/decisions`), at any depth.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS decisions_created_id ON decisions (created, id)",
+    "CREATE INDEX IF NOT EXISTS decisions_arm_created ON decisions (arm, created, id)",
+)
 
 
 class Store:
@@ -106,6 +118,8 @@ class Store:
         for name, kind in _ADDED_COLUMNS:
             if name not in have:  # a file written by an older version
                 conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+        for index in _INDEXES:
+            conn.execute(index)
         self._conn = conn
 
     @property
@@ -215,6 +229,27 @@ class Store:
 
     async def get_decision(self, decision_id: str) -> Decision | None:
         result: Decision | None = await self._run(self._get_decision, decision_id)
+        return result
+
+    async def decisions(self, page: DecisionPage) -> list[tuple[Decision, float | None]]:
+        """A page of decisions newest first, each with its feedback (None: none yet)."""
+        sql, args = page.sql("?")
+
+        def q() -> list[tuple[Decision, float | None]]:
+            rows = self.conn.execute(sql, args).fetchall()
+            return [(decision_from_row(r[:-1]), r[-1]) for r in rows]
+
+        result: list[tuple[Decision, float | None]] = await self._run(q)
+        return result
+
+    async def decision_feedback(self, decision_id: str) -> float | None:
+        def q() -> float | None:
+            row = self.conn.execute(
+                "SELECT reward FROM feedback WHERE decision_id = ?", (decision_id,)
+            ).fetchone()
+            return None if row is None else float(row[0])
+
+        result: float | None = await self._run(q)
         return result
 
     # -- feedback ---------------------------------------------------------------------------
