@@ -15,6 +15,12 @@ class Metrics:
         self.rm_selected = Counter(
             "laser_rm_selected", "Requests scored by each reward model", ["rm", "how"], registry=r
         )
+        self.rm_by_kind = Counter(
+            "laser_rm_chosen_by_kind",
+            "Decisions per reward model that chose and kind of query (math, mc, qa, general)",
+            ["rm", "kind"],
+            registry=r,
+        )
         self.rm_errors = Counter(
             "laser_rm_errors", "Reward-model failures (raised, timed out, NaN)", ["rm"], registry=r
         )

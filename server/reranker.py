@@ -349,8 +349,9 @@ class Reranker:
         propensity = sel.probabilities.get(used, 0.0)
         logs.note(rm=used)
         best = int(np.argmax(scores))
-        kind = ANSWER_KINDS.get(query_kind(prep.question, bool(prep.documents), req.task))
-        observed = observe(used, known, texts, best, kind)
+        qkind = query_kind(prep.question, bool(prep.documents), req.task)
+        self.metrics.rm_by_kind.labels(used, qkind).inc()
+        observed = observe(used, known, texts, best, ANSWER_KINDS.get(qkind))
         self.rms.stats[used].selected += 1
         self.metrics.rm_selected.labels(used, how).inc()
         decision = Decision(

@@ -185,3 +185,53 @@ def test_replicas_profile_shares_one_database_behind_nginx() -> None:
     port = load_settings(CONFIG).port
     assert f"server laser-a:{port}" in conf and f"server laser-b:{port}" in conf
     assert "proxy_buffering off" in conf  # stream=true passes through
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    c = compose()
+    grafana = c["services"]["grafana"]
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"] and "prometheus" in grafana["depends_on"]
+    for vol in grafana["volumes"]:
+        src = vol.split(":")[0]
+        assert (DOCKER / src).exists() if src.startswith(".") else src in c["volumes"], vol
+    provisioning = DOCKER / "grafana/provisioning"
+    source = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
+    prom_port = c["services"]["prometheus"]["ports"][0].rsplit(":", 1)[-1]
+    assert source["datasources"][0]["url"] == f"http://prometheus:{prom_port}"
+    provider = yaml.safe_load((provisioning / "dashboards/laser.yml").read_text())
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    folder = provider["providers"][0]["options"]["path"]
+    assert (DOCKER / mounted[folder] / "laser.json").is_file()
+
+
+def dashboard_metrics() -> set[str]:
+    import json
+
+    dash = json.loads((DOCKER / "grafana/dashboards/laser.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    return {m for e in exprs for m in re.findall(r"\blaser_[a-z_]+", e)}
+
+
+def test_every_metric_the_dashboard_queries_exists_in_a_live_scrape(server: Any) -> None:
+    """A renamed metric breaks the build, not the dashboard: every name in the dashboard's
+    queries is in `/metrics` of a real server on 127.0.0.1 (after one generation, so the
+    labelled series exist too)."""
+    import httpx
+
+    from tests.conftest import TEACHES
+
+    body = {"prompt": "What is 1 + 1?", **TEACHES, "max_tokens": 4}
+    gen = httpx.post(server.url + "/generate", json=body, timeout=120)
+    assert gen.status_code == 200
+    httpx.post(server.url + "/feedback", json={"id": gen.json()["id"], "reward": 1.0})
+    text = httpx.get(server.url + "/metrics", timeout=60).text
+    families = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            families.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            families.add(line.split("{")[0].split()[0])
+    names = dashboard_metrics()
+    assert len(names) >= 10
+    missing = sorted(n for n in names if n not in families)
+    assert not missing, f"dashboard queries metrics /metrics does not have: {missing}"
