@@ -8,14 +8,22 @@ bash scripts/setup.sh
 V=.venv/bin
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+apt_install() {
+  $sudo apt-get install -y -q "$@" >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "$@" >/dev/null; }
+}
 # The replica tests start their own PostgreSQL server from Debian's postgresql package.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
 then
   echo "== installing PostgreSQL (Debian's postgresql) for tests/test_postgres.py"
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get install -y -q postgresql >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q postgresql >/dev/null; }
+  apt_install postgresql
+fi
+# The operator page test drives Debian's chromium headless (Selenium, chromedriver).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "== installing chromium and chromedriver (Debian's) for tests/test_ui.py"
+  apt_install chromium chromium-driver
 fi
 
 echo "== ruff"

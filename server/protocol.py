@@ -418,6 +418,7 @@ class DecisionSummary(BaseModel):
     question: str = Field(description="the question (documents not included), first 300 chars")
     task: str | None
     has_document: bool
+    kind: str = Field(description="the kind of query the bandit saw (math, mc, qa, general)")
     reward_model: str
     selection: str
     drawn: str | None

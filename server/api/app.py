@@ -25,6 +25,7 @@ from laser.server.api.openai_routes import router as openai_router
 from laser.server.api.routes import admin_router, native_router
 from laser.server.api.training_routes import restore_policy
 from laser.server.api.training_routes import router as training_router
+from laser.server.api.ui_routes import router as ui_router
 from laser.server.config import RewardModelSpec, Settings, redact
 from laser.server.errors import (
     APIError,
@@ -157,6 +158,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(training_router, dependencies=[Depends(require_admin)])
     app.include_router(admin_router, dependencies=[Depends(require_admin)])
     app.include_router(decision_router, dependencies=[Depends(require_admin)])
+    app.include_router(ui_router)
     app.include_router(native_router)
     return app
 

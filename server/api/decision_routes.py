@@ -11,6 +11,8 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 
 from laser.server.errors import BadRequestError, NotFoundError
+from laser.server.featurize import KINDS, query_kind
+from laser.server.priors import kind_context
 from laser.server.protocol import (
     DecisionCandidate,
     DecisionDetail,
@@ -21,6 +23,18 @@ from laser.server.reranker import Reranker
 from laser.server.store.base import Decision, DecisionPage
 
 router = APIRouter(prefix="/admin")
+
+
+@router.get("/bandit/kinds")
+async def bandit_by_kind(request: Request) -> dict[str, dict[str, dict[str, float]]]:
+    """Per kind of query, what the bandit believes of each enabled RM now: its expected
+    reward, confidence width and UCB at that kind's context (the one-hot alone). Empty when
+    the context has no kinds (`featurizer.context = "projection"`)."""
+    reranker: Reranker = request.app.state.reranker
+    cfg = reranker.bandit.config
+    if cfg.regions != len(KINDS):
+        return {}
+    return {k: reranker.bandit.predict(kind_context(k, cfg.dim, cfg.regions)) for k in KINDS}
 
 
 def _cursor(text: str) -> tuple[float, str]:
@@ -44,6 +58,7 @@ def _summary(d: Decision, reward: float | None) -> DecisionSummary:
         has_document=d.has_document,
         reward_model=d.arm,
         selection=d.selection,
+        kind=query_kind(d.prompt, d.has_document, d.task),
         drawn=d.drawn_arm,
         propensity=d.propensity,
         chosen=d.chosen,
