@@ -158,8 +158,15 @@ async def _score_missing(
     proportion to each call's latency: the cost report then charges each item what it cost
     at this throughput, not a latency inflated by its neighbours."""
     chunk = run.config.concurrency
+    keep = getattr(run.engine, "keep_samples", None)
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
+        if keep is not None:
+            # The engine keeps a bounded number of sampled logprobs (the newest); a run with
+            # more samples than that hands each chunk's back just before scoring it, so the
+            # loglik RM never needs an engine pass for a cached sample.
+            for i in part:
+                keep(items[i].prompt, samples[i].generation.completions)
         t = time.perf_counter()
         results = await asyncio.gather(
             *(
