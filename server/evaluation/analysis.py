@@ -15,7 +15,13 @@ from laser.server.evaluation import report as rep
 from laser.server.evaluation import splits as pr
 from laser.server.evaluation.config import Collected, EvalConfig
 from laser.server.evaluation.labels import label
-from laser.server.evaluation.strategies import FloatArray, IntArray, LaserSettings, Table
+from laser.server.evaluation.strategies import (
+    FloatArray,
+    IntArray,
+    LaserSettings,
+    Table,
+    observed_rms,
+)
 from laser.server.runtime import progress
 
 
@@ -123,8 +129,8 @@ def _strategy_rows(
 ) -> dict[str, Any]:
     """Per strategy: held-out (headline and all tasks, per task), stream, and its cost."""
     t, tasks, held = p.table, p.tasks, p.split.heldout
-    cost = _rm_ms_per_item(t, held, lr, chosen)
-    calls = _rm_calls_per_item(t)
+    cost = _rm_ms_per_item(t, held, lr, chosen, p.laser)
+    calls = _rm_calls_per_item(t, p.laser)
     strategies: dict[str, Any] = {}
     for name, v in values.items():
         strategies[name] = {
@@ -143,34 +149,51 @@ def _strategy_rows(
 
 
 def _rm_ms_per_item(
-    t: Table, held: IntArray, lr: pr.LaserResult, chosen: dict[str, str]
+    t: Table, held: IntArray, lr: pr.LaserResult, chosen: dict[str, str], laser: LaserSettings
 ) -> dict[str, float]:
-    """Measured RM scoring time per held-out item of each strategy that scores, in ms."""
+    """Measured RM scoring time per held-out item of each strategy that scores, in ms.
+    LASeR's is what serving spends: the RMs scored on every request for side observations
+    (`observed_rms`), plus the deployed RM when it is not one of them; an ensemble arm over
+    observed members costs nothing more."""
     seconds = {rm: t.score_seconds.get(rm, np.zeros(len(t.tasks))) for rm in t.rms}
+    observed = observed_rms(t, t.rms, laser.observe_ms, t.quality.shape[1])
+    paid = [r for r in observed if r not in t.ensemble_members]
+    always = sum((seconds[r] for r in paid), np.zeros(len(t.tasks)))
     laser_ms = 1000 * float(
         np.mean(
             [
-                np.mean([seconds[a][i] for i, a in zip(held, arms, strict=True)])
+                np.mean(
+                    [
+                        always[i] + (0.0 if a in observed else seconds[a][i])
+                        for i, a in zip(held, arms, strict=True)
+                    ]
+                )
                 for arms in lr.heldout_arms
             ]
         )
     )
+    base = [r for r in t.rms if r not in t.ensemble_members]
     all_ms = {rm: 1000 * float(seconds[rm][held].mean()) for rm in t.rms}
     return {
         "laser": laser_ms,
-        "random_rm": float(np.mean(list(all_ms.values()))),
+        "random_rm": float(np.mean([all_ms[r] for r in base])),
         "best_single": all_ms[chosen["best_single_rm"]],
         **{f"rm:{rm}": ms for rm, ms in all_ms.items()},
-        "ensemble_mean": sum(all_ms.values()),
-        "ensemble_vote": sum(all_ms.values()),
+        "ensemble_mean": sum(all_ms[r] for r in base),
+        "ensemble_vote": sum(all_ms[r] for r in base),
     }
 
 
-def _rm_calls_per_item(t: Table) -> dict[str, int]:
+def _rm_calls_per_item(t: Table, laser: LaserSettings) -> dict[str, int]:
+    """RM calls per item; LASeR's counts the RMs it observes on every request (ensemble arms
+    are computed from their members, not called) and the deployed one."""
+    base = [r for r in t.rms if r not in t.ensemble_members]
+    observed = observed_rms(t, t.rms, laser.observe_ms, t.quality.shape[1])
     return {
-        **{n: 1 for n in ("laser", "random_rm", "best_single", *(f"rm:{r}" for r in t.rms))},
-        "ensemble_mean": len(t.rms),
-        "ensemble_vote": len(t.rms),
+        **{n: 1 for n in ("random_rm", "best_single", *(f"rm:{r}" for r in t.rms))},
+        "laser": 1 + len([r for r in observed if r in base]),
+        "ensemble_mean": len(base),
+        "ensemble_vote": len(base),
         "first_sample": 0,
         "greedy": 0,
     }
