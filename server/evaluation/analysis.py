@@ -191,7 +191,7 @@ def _rm_calls_per_item(t: Table, laser: LaserSettings) -> dict[str, int]:
     observed = observed_rms(t, t.rms, laser.observe_ms, t.quality.shape[1])
     return {
         **{n: 1 for n in ("random_rm", "best_single", *(f"rm:{r}" for r in t.rms))},
-        "laser": 1 + len([r for r in observed if r in base]),
+        "laser": max(1, len([r for r in observed if r in base])),  # + a costly one deployed
         "ensemble_mean": len(base),
         "ensemble_vote": len(base),
         "first_sample": 0,
