@@ -64,16 +64,20 @@ class Observed:
     """RMs that scored every candidate alike."""
     scores: dict[str, list[float]] = field(default_factory=dict)
     """Every RM's scores computed for the decision (the deciding RM's included)."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """How long each stage took until the decision was made (prepare ... score)."""
 
     def to_json(self) -> str:
-        return json.dumps({"agree": self.agree, "abstain": self.abstain, "scores": self.scores})
+        d = {"agree": self.agree, "abstain": self.abstain, "scores": self.scores}
+        return json.dumps({**d, "timings_ms": self.timings_ms})
 
     @classmethod
     def from_json(cls, text: str | None) -> Observed | None:
         if not text:
             return None
         d: dict[str, Any] = json.loads(text)
-        return cls(list(d.get("agree", [])), list(d.get("abstain", [])), d.get("scores", {}))
+        agree, abstain = list(d.get("agree", [])), list(d.get("abstain", []))
+        return cls(agree, abstain, d.get("scores", {}), d.get("timings_ms", {}))
 
 
 def observe(

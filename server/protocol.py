@@ -449,3 +449,4 @@ class DecisionDetail(DecisionSummary):
     abstain: list[str] = Field(description="RMs that scored every candidate alike")
     probabilities: dict[str, float] | None
     context: list[float]
+    timings_ms: dict[str, float] = Field(description="time per stage until the decision")

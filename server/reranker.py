@@ -351,7 +351,10 @@ class Reranker:
         best = int(np.argmax(scores))
         qkind = query_kind(prep.question, bool(prep.documents), req.task)
         self.metrics.rm_by_kind.labels(used, qkind).inc()
-        observed = observe(used, known, texts, best, ANSWER_KINDS.get(qkind))
+        observed = dataclasses.replace(
+            observe(used, known, texts, best, ANSWER_KINDS.get(qkind)),
+            timings_ms={k: round(v * 1000, 3) for k, v in timings.items()},
+        )
         self.rms.stats[used].selected += 1
         self.metrics.rm_selected.labels(used, how).inc()
         decision = Decision(

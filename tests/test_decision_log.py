@@ -51,5 +51,6 @@ def test_decisions_are_paged_filtered_and_shown_whole(start_server: Any, tmp_pat
             assert chosen["text"] and d["reward_model"] in chosen["scores"]
             # The cheap RMs scored every candidate too (side observations).
             assert len(chosen["scores"]) >= 3, chosen
+            assert {"prepare", "generate", "score"} <= set(d["timings_ms"])
     finally:
         live.stop()

@@ -89,7 +89,8 @@ def test_ui_shows_rms_and_decisions_and_needs_the_key(start_server: Any, tmp_pat
         assert len(browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr.chosen")) == 1
         header = browser.find_element(By.CSS_SELECTOR, "#candidates thead").text
         assert sum(rm in header for rm in rms) >= 3  # the cheap RMs scored it too
-        assert ids[1] in browser.find_element(By.ID, "detail").text
+        detail = browser.find_element(By.ID, "detail").text
+        assert ids[1] in detail and "stages: prepare" in detail
 
         # Filters: only decisions with feedback.
         from selenium.webdriver.support.ui import Select

@@ -124,4 +124,5 @@ async def get_decision(decision_id: str, request: Request) -> DecisionDetail:
         abstain=[] if obs is None else obs.abstain,
         probabilities=d.probabilities,
         context=[float(v) for v in d.context],
+        timings_ms={} if obs is None else obs.timings_ms,
     )

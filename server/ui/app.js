@@ -115,6 +115,7 @@ async function openDecision(id) {
     ` · feedback ${d.feedback == null ? "none" : num(d.feedback, 2)} · model ${esc(d.model)}</p>` +
     `<p>${esc(d.question)}</p>` +
     (d.has_document ? '<details class="doc"><summary>document(s)</summary>The documents are not kept in the log.</details>' : "") +
+    `<p class="muted">stages: ${esc(Object.entries(d.timings_ms).map(([k, v]) => k + " " + Number(v).toFixed(1) + " ms").join(", ") || "-")}</p>` +
     `<p class="muted">agreed with the answer: ${esc(d.agree.join(", ") || "-")}; abstained: ${esc(d.abstain.join(", ") || "-")}</p>` +
     `<table id="candidates"><thead><tr><th>#</th><th>candidate</th>${rms.map((r) => `<th>${esc(r)}</th>`).join("")}</tr></thead><tbody>` +
     d.candidates.map((c, j) => `<tr class="${c.chosen ? "chosen" : ""}"><td>${j}${c.chosen ? " ✓" : ""}</td>` +
