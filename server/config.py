@@ -139,12 +139,13 @@ class BanditSettings(_Section):
         "sampling (a posterior draw per RM, alpha scales the posterior's width)",
     )
     observe_ms_per_candidate: float = Field(
-        5.0,
+        0.0,
         ge=0,
         description="side observations: RMs that cost at most this many ms per candidate "
         "(measured; the built-in text RMs and loglik from kept logprobs) score every request "
         "besides the chosen one, so a feedback also teaches every RM whose pick was the "
-        "returned answer; 0 = only the chosen RM scores (LASeR as published)",
+        "returned answer. Off by default: it narrows the spread over deployments but biases "
+        "RMs that often agree upwards (docs/evaluation.md); 5 turns it on for the built-ins",
     )
     abstain_reward: float = Field(
         0.0,

@@ -340,8 +340,9 @@ class Reranker:
         if used != order[0]:
             drawn = known.get(order[0])
             how = "abstain" if drawn is not None and top_pick(drawn) is None else "fallback"
-        if not distinct or top_pick(scores) is None:
-            # One candidate, all alike, or no RM with a preference: no RM could matter.
+        if not distinct or (how in ("bandit", "abstain") and top_pick(scores) is None):
+            # One candidate, all alike, or no RM of the bandit's order with a preference: no
+            # RM could matter. (A forced or fallback row keeps its label.)
             how = NO_SELECTION
         # The logged policy's probability of the RM that scored: the draw's own propensity
         # for a bandit decision; for forced and fallback rows (marked by `how`, excluded by

@@ -16,7 +16,9 @@ KEY = {"Authorization": f"Bearer {SECRET}"}
 
 
 def test_decisions_are_paged_filtered_and_shown_whole(start_server: Any, tmp_path: Path) -> None:
-    live = start_server(make_settings(tmp_path, api_key=SECRET))
+    # Side observations on, so the cheap RMs' scores are logged for every decision.
+    bandit = {"observe_ms_per_candidate": 5.0}
+    live = start_server(make_settings(tmp_path, api_key=SECRET, bandit=bandit))
     try:
         with httpx.Client(base_url=live.url, timeout=120) as c:
             ids = []

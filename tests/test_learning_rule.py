@@ -189,7 +189,9 @@ def test_served_feedback_updates_agreeing_rms_and_survives_restart(
     """The embedded default: the cheap RMs score every request, a feedback updates every RM
     whose pick was the returned answer, the decision logs it, and a restarted server (replay
     from SQLite) predicts exactly as before."""
-    settings = make_settings(tmp_path, bandit={"epsilon": 0.0, "snapshot_every": 1000})
+    # Side observations on (off by default): the built-in text RMs score every request.
+    bandit = {"epsilon": 0.0, "snapshot_every": 1000, "observe_ms_per_candidate": 5.0}
+    settings = make_settings(tmp_path, bandit=bandit)
     live = start_server(settings)
     try:
         prompt = "Ana has 3 pens and buys 4 more. How many pens does she have?"

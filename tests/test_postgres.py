@@ -54,7 +54,8 @@ def replica_settings(tmp: Path, url: str, **extra: Any) -> Any:
         tmp,
         store={"url": url, "poll_interval_s": 0.05},
         reward_models=RMS,
-        bandit={"epsilon": 0.2, "warmup": 1, "snapshot_every": 5},
+        # Side observations on: replicas must apply them alike.
+        bandit={"epsilon": 0.2, "warmup": 1, "snapshot_every": 5, "observe_ms_per_candidate": 5.0},
         **extra,
     )
 

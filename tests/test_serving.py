@@ -240,7 +240,9 @@ def test_failing_rm_falls_back_to_next_arm(start_server: Any, tmp_path: Any, mod
 
 
 def test_bandit_learns_from_feedback_over_http(start_server: Any, tmp_path: Any) -> None:
-    """Math prompts reward `agreement`, document QA rewards `relevance`: choices converge."""
+    """Math prompts reward `loglik`, document QA rewards `relevance`: choices converge. (Both
+    score continuously, so neither abstains: an RM that scores every candidate alike passes
+    to the next and is credited nothing, which a reward by RM name would confuse.)"""
     live = start_server(make_settings(tmp_path, bandit={"epsilon": 0.0, "alpha": 0.3}))
     math_prompts = [f"What is {a} + {b}?" for a, b in [(3, 4), (12, 9), (25, 17), (8, 8), (41, 2)]]
     doc = "Paul Graham co-founded Y Combinator in 2005 with Jessica Livingston."
@@ -250,7 +252,7 @@ def test_bandit_learns_from_feedback_over_http(start_server: Any, tmp_path: Any)
         "Who founded it with Paul Graham?",
         "What did Paul Graham co-found?",
     ]
-    want = {"math": "agreement", "qa": "relevance"}
+    want = {"math": "loglik", "qa": "relevance"}
     picks: dict[str, list[str]] = {"math": [], "qa": []}
     try:
         for i in range(24):

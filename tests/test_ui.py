@@ -44,7 +44,8 @@ def test_ui_shows_rms_and_decisions_and_needs_the_key(start_server: Any, tmp_pat
     from selenium.webdriver.support.ui import WebDriverWait
 
     assert CHROMIUM and DRIVER, "chromium and chromedriver: scripts/test.sh installs them"
-    live = start_server(make_settings(tmp_path, api_key=SECRET))
+    bandit = {"observe_ms_per_candidate": 5.0}  # the cheap RMs' scores show for every decision
+    live = start_server(make_settings(tmp_path, api_key=SECRET, bandit=bandit))
     browser = None
     try:
         with httpx.Client(base_url=live.url, timeout=120) as c:
@@ -62,7 +63,7 @@ def test_ui_shows_rms_and_decisions_and_needs_the_key(start_server: Any, tmp_pat
             rms = list(c.get("/admin/reward-models", headers=KEY).json())
 
         browser = _browser()
-        wait = WebDriverWait(browser, 60)
+        wait = WebDriverWait(browser, 120)  # a loaded 2-core machine starts chromium slowly
         browser.get(live.url + "/ui")
         # Without the key the data calls are refused and the page says so.
         wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "API key"))

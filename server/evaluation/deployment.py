@@ -112,12 +112,14 @@ def rule_variants(base: LaserSettings, has_ensemble: bool) -> dict[str, LaserSet
     rules = {
         "published": published,
         "abstain": dataclasses.replace(published, abstain=True),
+        "abstain+thompson": dataclasses.replace(published, abstain=True, policy="thompson"),
         "side": side,
         "side+abstain": dataclasses.replace(side, abstain=True),
         "side+abstain+thompson": dataclasses.replace(side, abstain=True, policy="thompson"),
         "served": base,
     }
     if has_ensemble:
+        rules["abstain, no ensemble arm"] = dataclasses.replace(published, abstain=True)
         rules["side+abstain, no ensemble arm"] = dataclasses.replace(side, abstain=True)
     return rules
 
