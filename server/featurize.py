@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from laser.server.kinds import KINDS
+
 if TYPE_CHECKING:
     from laser.server.config import FeaturizerSettings
 
@@ -70,8 +72,7 @@ class SentenceEncoder:
 
 
 N_EXTRA = 3
-KINDS = ("math", "mc", "qa", "general")
-"""The kinds of query the `kind` context tells apart, in one-hot order."""
+
 
 _TASK_KINDS = {
     "math": "math",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from laser.bandit import LinUCB
-from laser.server.featurize import KINDS
+from laser.server.kinds import KINDS
 
 log = logging.getLogger("laser.server")
 

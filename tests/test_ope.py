@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from laser.server.cli import main as cli_main
-from laser.server.featurize import KINDS
+from laser.server.kinds import KINDS
 from laser.server.ope import LogError, evaluate, read_log
 from laser.server.ope.logdata import LoggedDecision, build
 from laser.server.ope.policies import fixed, logged, route, uniform

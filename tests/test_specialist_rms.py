@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from laser.server.featurize import KINDS, Featurizer, query_kind
+from laser.server.featurize import Featurizer, query_kind
+from laser.server.kinds import KINDS
 from laser.server.rms.base import Query
 from laser.server.rms.builtin import ArithmeticVerifierRM, GroundingRM
 from laser.server.rms.verifiers import check_arithmetic, evaluate, grounding

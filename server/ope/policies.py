@@ -29,7 +29,8 @@ import numpy as np
 
 from laser.bandit import LinUCB
 from laser.server.config import BanditSettings, FeaturizerSettings
-from laser.server.featurize import KINDS, query_kind
+from laser.server.featurize import query_kind
+from laser.server.kinds import KINDS
 from laser.server.ope.logdata import LogData, LogError
 
 FloatArray = np.ndarray
