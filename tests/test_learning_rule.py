@@ -173,6 +173,9 @@ def test_headline_rule_keeps_tasks_with_room_to_select() -> None:
     split = split_items(t.tasks, 0.5, seed=0)
     keep, gaps = headline_by_rule(t, split, min_gap=0.10)
     assert keep == ["x"] and gaps["y"] == 0.0 and gaps["x"] >= 0.10
+    # A task with no held-out items cannot be scored: never in the headline.
+    stream_only = split_items(t.tasks, 0.0, seed=0)
+    assert headline_by_rule(t, stream_only, min_gap=0.10)[0] == []
     assert len(stream_orders(split, 2, 0)) == 2
 
 

@@ -43,7 +43,9 @@ def headline_by_rule(
         task: round(v, 4)
         for task, v in pr.per_task(values["oracle"] - rnd, split.stream, t.tasks).items()
     }
-    keep = [task for task, gap in gaps.items() if gap >= min_gap - 1e-9]
+    # A task with no held-out items (a tiny one) cannot be scored, whatever its gap.
+    held = set(np.asarray(t.tasks)[split.heldout].tolist())
+    keep = [task for task, gap in gaps.items() if gap >= min_gap - 1e-9 and task in held]
     return keep, gaps
 
 
