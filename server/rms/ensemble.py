@@ -15,14 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from laser.server.rms.base import Query, RewardModel
-
-
-def minmax(scores: Sequence[float]) -> list[float]:
-    """`scores` scaled to [0, 1]; all alike -> 0.5 each."""
-    lo, hi = min(scores), max(scores)
-    if hi <= lo:
-        return [0.5] * len(scores)
-    return [(s - lo) / (hi - lo) for s in scores]
+from laser.server.rms.builtin import normalized_mean
 
 
 class EnsembleRM:
@@ -36,8 +29,7 @@ class EnsembleRM:
     def combine(self, parts: Sequence[Sequence[float]]) -> list[float]:
         if not parts:
             raise ValueError(f"ensemble {self.name}: no member scored")
-        scaled = [minmax(p) for p in parts]
-        return [sum(col) / len(scaled) for col in zip(*scaled, strict=True)]
+        return normalized_mean(parts)
 
     async def score(self, query: Query, responses: Sequence[str]) -> list[float]:
         return self.combine([await m.score(query, responses) for m in self._models.values()])
