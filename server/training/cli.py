@@ -22,13 +22,25 @@ _SECTION_FLAGS = {
 }
 
 
-def _flags() -> list[tuple[str, str, type, str]]:
+def _boolean(text: str) -> bool:
+    """`--batch-by-task true`: a boolean flag's value."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _flags() -> list[tuple[str, str, Any, str]]:
     """(flag, TrainConfig key, type, help) for every scalar field and the section fields."""
     from typing import Literal, get_args, get_origin
 
     from laser.server.training.config import TrainConfig
 
-    def scalar(annotation: Any) -> tuple[type, str] | None:
+    def scalar(annotation: Any) -> tuple[Any, str] | None:
+        if annotation is bool:
+            return _boolean, "true | false"
         if get_origin(annotation) is Literal:
             return str, " | ".join(str(a) for a in get_args(annotation))
         if annotation in (str, int, float):

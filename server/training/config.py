@@ -60,7 +60,9 @@ BANDIT_REWARD_HELP = (
     "negative loss squashed by the percentiles of past rewards; as the loss falls every "
     "later step scores high, so whichever RM goes first tends to keep winning. In "
     "`per_query` mode each prompt's RM is rewarded with that prompt's own pairs' loss, "
-    "against the same shared baseline"
+    "against the same shared baseline. `probe` (label-free): the change, over the step, of "
+    "the policy's margin on a fixed probe of consensus pairs of the batch's kind of query, "
+    "squashed by the percentiles of the last 20 changes (laser.server.training.probe)"
 )
 
 
@@ -70,6 +72,11 @@ class TrainConfig(BaseModel):
     prompts: str = Field("", description="prompts JSONL (prompt, document(s), reference, task)")
     eval_prompts: str = Field(
         "", description="held-out JSONL with references: greedy accuracy before and after"
+    )
+    eval_before_from: str = Field(
+        "",
+        description="a summary.json whose `eval_before` (same model, same eval_prompts) is "
+        "this run's, not evaluated again: runs side by side share one 'before'",
     )
     model: str = Field("", description="policy model folder; empty = embedded SmolLM2-135M")
     output_dir: str = Field("runs/train", description="logs, pairs, checkpoints, plot")
@@ -89,11 +96,33 @@ class TrainConfig(BaseModel):
         "laser", description="how the RM is chosen per batch (baselines use the same loop)"
     )
     fixed_rm: str | None = Field(None, description="the RM for selector = 'fixed'")
+    fixed_rm_by_task: dict[str, str] = Field(
+        default_factory=dict,
+        description="selector = 'fixed': an RM per task (kind of query); tasks not listed "
+        "use `fixed_rm`",
+    )
+    batch_by_task: bool = Field(
+        False,
+        description="each batch holds prompts of one task (kinds alternate, all in every "
+        "iteration): a step's bandit reward then belongs to one kind of query",
+    )
     bandit_mode: Literal["batch", "per_query"] = Field(
         "batch", description="one RM per batch (paper) or per prompt (authors' later code)"
     )
-    bandit_reward: Literal["baseline", "squashed_loss"] = Field(
+    bandit_reward: Literal["baseline", "squashed_loss", "probe"] = Field(
         "baseline", description=BANDIT_REWARD_HELP
+    )
+    probe_prompts: int = Field(
+        8,
+        ge=1,
+        description="bandit_reward = 'probe': prompts per kind of query in the probe (one "
+        "consensus pair each)",
+    )
+    likelihoods: Literal["engine", "hf"] = Field(
+        "engine",
+        description="where the `loglik`/`judge` RMs get the base model's likelihoods once the "
+        "vLLM sampler holds the policy: `engine` (its base weights reloaded for the scoring, "
+        "engine speed) or `hf` (a transformers copy of the base model)",
     )
     baseline_weight: float = Field(
         0.3,
@@ -175,12 +204,13 @@ class TrainConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"reward model names must be unique, got {names}")
         if self.selector == "fixed":
-            if self.fixed_rm is None:
-                raise ValueError("selector = 'fixed' needs fixed_rm")
-            if self.fixed_rm not in names:
-                raise ValueError(f"fixed_rm {self.fixed_rm!r} is not one of {names}")
-        elif self.fixed_rm is not None:
-            raise ValueError("fixed_rm is only used with selector = 'fixed'")
+            if self.fixed_rm is None and not self.fixed_rm_by_task:
+                raise ValueError("selector = 'fixed' needs fixed_rm or fixed_rm_by_task")
+            for rm in [self.fixed_rm, *self.fixed_rm_by_task.values()]:
+                if rm is not None and rm not in names:
+                    raise ValueError(f"fixed RM {rm!r} is not one of {names}")
+        elif self.fixed_rm is not None or self.fixed_rm_by_task:
+            raise ValueError("fixed_rm and fixed_rm_by_task are only used with selector = 'fixed'")
         if self.selector != "laser" and self.bandit_mode == "per_query":
             raise ValueError("bandit_mode = 'per_query' needs selector = 'laser'")
         if self.pairs_per_prompt >= self.n:
@@ -189,7 +219,12 @@ class TrainConfig(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"fixed:{self.fixed_rm}" if self.selector == "fixed" else self.selector
+        if self.selector != "fixed":
+            return self.selector
+        if self.fixed_rm_by_task:
+            chosen = sorted(self.fixed_rm_by_task.items())
+            return "fixed:" + ",".join(f"{t}={rm}" for t, rm in chosen)
+        return f"fixed:{self.fixed_rm}"
 
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:

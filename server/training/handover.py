@@ -93,12 +93,16 @@ class PolicySampler:
             return None
         acc = self.policy.acc
         if self.handover == "merged":
+            folder = self.out / "sampler" / f"rank-{acc.process_index}"
             if self.holds != step:
-                folder = self.out / "sampler" / f"rank-{acc.process_index}"
                 dtype = torch_dtype(getattr(self.engine, "dtype", "float32"))
                 await asyncio.to_thread(write_merged, self.policy.unwrapped(), folder, dtype)
                 await self.engine.load_weights(str(folder))
                 self.holds = step
+            elif getattr(self.engine, "holds_base", False):
+                # The engine scored with the base weights since (base-model likelihoods at
+                # engine speed): the policy's merged file is current, load it again.
+                await self.engine.load_weights(str(folder))
             return None
         path = self.out / "adapters" / f"step-{step}"
         if not path.exists():

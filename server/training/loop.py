@@ -62,6 +62,7 @@ from laser.server.training.parts import (
     linucb_config,
     make_selector,
 )
+from laser.server.training.probe import ProbeMargins, build_probe, kind_of, load_probe, save_probe
 from laser.server.training.report import (
     append_pairs,
     bandit_estimates,
@@ -118,6 +119,7 @@ class Trainer:
         # The bandit's reward rule, with its running state (the shared loss baseline).
         per_step = cfg.batch_size if cfg.bandit_mode == "per_query" else 1
         self.reward = BanditReward(cfg.bandit_reward, cfg.baseline_weight, per_step)
+        self.probe: ProbeMargins | None = None  # `probe` reward: built when the run starts
         self.state = RunState()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -129,9 +131,16 @@ class Trainer:
         if self.resume:
             self.state = restore_run(self.out, self.policy, self.selector, self.reward)
         total = math.ceil(len(self.items) / self.cfg.batch_size) * self.cfg.iterations
+        if self.state.eval_before is None and self.cfg.eval_before_from:
+            shared = json.loads(Path(self.cfg.eval_before_from).read_text())["eval_before"]
+            if shared is None or shared.get("items") != len(self.held_out):
+                raise TrainingError("eval_before_from: its eval_before is not over these items")
+            self.state.eval_before = shared
         if self.state.eval_before is None and self.held_out:
             log.info("evaluating the starting policy on %d held-out items", len(self.held_out))
             self.state.eval_before = await self.evaluate() if acc.is_main_process else None
+        if self.cfg.bandit_reward == "probe" and self.selector is not None:
+            await self._start_probe()
         bar = tqdm(
             total=total,
             initial=self.state.step,
@@ -174,12 +183,18 @@ class Trainer:
         mine, my_arms = batch[rank::world], arms[rank::world]
         gens, timings = await self._sample(mine)  # 3. n responses per prompt
         scores = await self._score(my_arms, mine, gens)  # 4. scored; the top vs the next k
+        timings["score_s"] = time.perf_counter() - t0 - sum(timings.values())
         pairs, rankable = self._pairs(mine, gens, scores)
         # 5. One DPO step; none when every candidate tied (nothing to learn, no loss).
+        t_dpo = time.perf_counter()
         metrics, per_pair = self._dpo_step(pairs) if pairs else ({}, None)
+        timings["dpo_s"] = time.perf_counter() - t_dpo
         # 6. The bandit's reward (the shared baseline is recorded as it was before).
         baseline, loss = self.reward.baseline, metrics.get("loss")
-        reward = self._update_bandit(batch, arms, x, pairs, per_pair, loss, rankable)
+        t_reward = time.perf_counter()
+        margins = await self._probe_after_step() if self.probe is not None and pairs else None
+        reward = self._update_bandit(batch, arms, x, pairs, per_pair, loss, rankable, margins)
+        timings["reward_s"] = time.perf_counter() - t_reward
         return self._record(batch, iteration, arms, pairs, metrics, baseline, reward, timings, t0)
 
     def _context(self, batch: list[int]) -> Contexts | None:
@@ -194,6 +209,10 @@ class Trainer:
         """Step 2: the RM for each prompt of `batch` ("ensemble" for the ensemble)."""
         if self.selector is None:
             return ["ensemble"] * len(batch)
+        by_task = self.cfg.fixed_rm_by_task
+        if by_task:  # the best fixed RM per kind of query
+            default = self.cfg.fixed_rm or next(iter(by_task.values()))
+            return [by_task.get(self.items[i].task or "", default) for i in batch]
         # A seeded bandit may know RMs this run does not have: choose among the run's.
         among = list(self.rms)
         if x is None:  # per_query
@@ -262,6 +281,7 @@ class Trainer:
         per_pair: torch.Tensor | None,
         loss: float | None,
         rankable: set[int],
+        margins: dict[str, float] | None = None,
     ) -> float | None:
         """Step 6: reward the RM(s) the selector chose with the step's loss, by the rule
         `bandit_reward` (laser.server.training.reward); returns the (mean) reward they got,
@@ -269,12 +289,70 @@ class Trainer:
         `rankable`: the prompts whose candidates differed."""
         if self.selector is None:
             return None
+        if self.cfg.bandit_reward == "probe":
+            return self._probe_update(batch, arms, x, margins, rankable)
         if self.cfg.bandit_mode == "batch":
             assert x is not None  # the batch's context
             return reward_batch(self.selector, self.reward, arms[0], x, loss, bool(rankable))
         return reward_per_query(
             self.selector, self.reward, self.contexts, batch, arms, pairs, per_pair, loss, rankable
         )
+
+    # -- the `probe` reward (laser.server.training.probe) --------------------------------------
+    async def _start_probe(self) -> None:
+        """Build the probe (or read the run's, on resume) and measure its starting margins."""
+        pairs = load_probe(self.out)
+        if pairs is None:
+            log.info("building the probe: %d prompts per kind of query", self.cfg.probe_prompts)
+            adapter = await self.sampler.adapter(self.state.step)
+            sampling = Sampling(self.cfg.n, self.cfg.max_tokens, self.cfg.temperature)
+            pairs = await build_probe(
+                self.items, self.prompts, self.engine, self.rms, self.cfg.probe_prompts, sampling
+            )
+            assert adapter is None or self.cfg.handover == "lora"
+            if self.policy.acc.is_main_process:
+                save_probe(self.out, pairs)
+        self.probe = ProbeMargins(pairs, self.prompts)
+        if not self.reward.has_margins:
+            await self.sampler.adapter(self.state.step)
+            self.reward.probe_rewards([], await self.probe.measure(self.engine, self.policy))
+
+    async def _probe_after_step(self) -> dict[str, float]:
+        """The probe margins after this step's DPO update: the new weights are handed to the
+        sampler now (the next step's hand-over is then free) and measured there."""
+        assert self.probe is not None
+        await self.sampler.adapter(self.state.step + 1)
+        return await self.probe.measure(self.engine, self.policy)
+
+    def _probe_update(
+        self,
+        batch: list[int],
+        arms: list[str],
+        x: Contexts | None,
+        margins: dict[str, float] | None,
+        rankable: set[int],
+    ) -> float | None:
+        """Reward each prompt's RM with its kind's margin change (once per kind and RM in
+        `batch` mode); an RM that gave no pair where candidates differed earns 0."""
+        assert self.selector is not None
+        kinds = [kind_of(self.items[i]) for i in batch]
+        if margins is None:  # no pairs, no update: 0 where the candidates differed
+            failed = [(i, arm) for i, arm in zip(batch, arms, strict=True) if i in rankable]
+            for i, arm in failed[:1] if x is not None else failed:
+                self.selector.update(arm, self.contexts[i] if x is None else x, 0.0)
+            return 0.0 if failed else None
+        per_kind = self.reward.probe_rewards(kinds, margins)
+        if x is not None:  # batch mode: one RM, the batch's context, its main kind's change
+            r = per_kind.get(max(set(kinds), key=kinds.count))
+            if r is not None:
+                self.selector.update(arms[0], x, r)
+            return r
+        got = []
+        for i, arm, k in zip(batch, arms, kinds, strict=True):
+            if k in per_kind:
+                self.selector.update(arm, self.contexts[i], per_kind[k])
+                got.append(per_kind[k])
+        return float(np.mean(got)) if got else None
 
     # -- the step's record and logs ---------------------------------------------------------
     def _record(
@@ -314,8 +392,7 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         record.update(
             {
-                "handover_s": round(timings["handover_s"], 3),
-                "generate_s": round(timings["generate_s"], 3),
+                **{k: round(v, 3) for k, v in timings.items()},
                 "step_s": round(elapsed, 3),
                 "pairs_per_s": round(len(pairs) / elapsed, 3),
             }
@@ -346,9 +423,23 @@ class Trainer:
             write_status(self.out, status, self.state, self.cfg.iterations, total, last)
 
     def _batches(self, iteration: int) -> list[list[int]]:
-        order = np.random.default_rng(self.cfg.seed + iteration).permutation(len(self.items))
+        """This iteration's batches, shuffled by the run's seed (the same on resume). With
+        `batch_by_task`, each batch holds one task's prompts and the tasks take turns."""
+        rng = np.random.default_rng(self.cfg.seed + iteration)
+        order = rng.permutation(len(self.items))
         bs = self.cfg.batch_size
-        return [order[i : i + bs].tolist() for i in range(0, len(order), bs)]
+        if not self.cfg.batch_by_task:
+            return [order[i : i + bs].tolist() for i in range(0, len(order), bs)]
+        by_task: dict[str, list[int]] = {}
+        for i in order.tolist():
+            by_task.setdefault(kind_of(self.items[i]), []).append(i)
+        queues = [[ids[j : j + bs] for j in range(0, len(ids), bs)] for ids in by_task.values()]
+        batches: list[list[int]] = []
+        while any(queues):
+            for q in queues:
+                if q:
+                    batches.append(q.pop(0))
+        return batches
 
     # -- evaluation and the summary ---------------------------------------------------------
     async def evaluate(self) -> dict[str, Any] | None:

@@ -97,8 +97,9 @@ def make_selector(
             apply_priors(bandit, load_priors(cfg.bandit.priors), cfg.bandit.prior_strength)
         return bandit
     if cfg.selector == "fixed":
-        assert cfg.fixed_rm is not None
-        return FixedArm(cfg.fixed_rm, names)
+        # With `fixed_rm_by_task` the loop picks per task; this arm is the fallback.
+        fixed = cfg.fixed_rm or next(iter(cfg.fixed_rm_by_task.values()))
+        return FixedArm(fixed, names)
     if cfg.selector == "random":
         return UniformRandom(names, seed=cfg.seed)
     if cfg.selector == "sequential":
@@ -267,9 +268,18 @@ def _sampler_engine(cfg: TrainConfig, policy: Policy, model_path: str, model_nam
             "seed": cfg.seed,
             "enable_lora": cfg.handover == "lora",
             "max_lora_rank": max(cfg.lora_r, 8),
+            # The merged hand-over adds small LoRA deltas to the weights: in bfloat16 (vLLM's
+            # "auto" on CPUs with bf16) most of them round away and the sampler would not
+            # follow the policy. float32 unless a dtype is configured.
+            "dtype": "float32" if cfg.vllm.dtype == "auto" else cfg.vllm.dtype,
         }
     )
-    return vllm_engine(settings, model_path, model_name)
+    from laser.server.engines.vllm_engine import VLLMEngine
+
+    engine = vllm_engine(settings, model_path, model_name)
+    if isinstance(engine, VLLMEngine):  # RMs' base-model likelihoods: engine or HF copy
+        engine.base_likelihoods = cfg.likelihoods
+    return engine
 
 
 def _tokenized(cfg: TrainConfig, tok: Any, prompts: list[str]) -> list[list[int]]:

@@ -30,27 +30,35 @@ from laser.server.training.resume import RunState
 log = logging.getLogger("laser.server.training")
 
 
+def item_quality(text: str, item: PromptItem) -> float:
+    """One held-out answer's grade: token F1 of the short answer for span answers (QA), 1/0
+    for numbers and choices."""
+    assert item.reference is not None
+    kind = answers.answer_kind(item.task, item.reference)
+    if kind == "span":
+        return answers.token_f1(answers.short_answer(text), item.reference)
+    return float(answers.matches(text, item.reference, kind))
+
+
 async def held_out_accuracy(
     engine: Engine, items: list[PromptItem], max_tokens: int, adapter: Adapter | None
 ) -> dict[str, Any] | None:
-    """Greedy accuracy on `items` (each with a `reference`), overall and per task, of the
-    policy `engine` samples (with `adapter`); None without items."""
+    """Greedy accuracy on `items` (each with a `reference`; QA graded by token F1), overall
+    and per task, of the policy `engine` samples (with `adapter`), and each item's grade in
+    order (`per_item`, for paired intervals); None without items."""
     if not items:
         return None
     prompts = [render(engine, it) for it in items]
     gens = await engine.generate_batch(prompts, Sampling(1, max_tokens, 0.0), adapter)
-    by_task: dict[str, list[bool]] = {}
-    for it, gen in zip(items, gens, strict=True):
-        assert it.reference is not None
-        ok = answers.matches(
-            gen.completions[0].text, it.reference, answers.answer_kind(it.task, it.reference)
-        )
-        by_task.setdefault(it.task or "all", []).append(ok)
-    flat = [v for vs in by_task.values() for v in vs]
+    per_item = [item_quality(g.completions[0].text, it) for it, g in zip(items, gens, strict=True)]
+    by_task: dict[str, list[float]] = {}
+    for it, q in zip(items, per_item, strict=True):
+        by_task.setdefault(it.task or "all", []).append(q)
     return {
-        "accuracy": sum(flat) / len(flat),
-        "items": len(flat),
-        "by_task": {t: sum(v) / len(v) for t, v in by_task.items()},
+        "accuracy": float(np.mean(per_item)),
+        "items": len(per_item),
+        "by_task": {t: float(np.mean(v)) for t, v in by_task.items()},
+        "per_item": [round(q, 4) for q in per_item],
     }
 
 

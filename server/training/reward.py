@@ -1,6 +1,7 @@
 """The bandit's reward in training: how good was the RM a step used?
 
-Two rules (`TrainConfig.bandit_reward`):
+Three rules (`TrainConfig.bandit_reward`); `probe`, label-free and the one that judges an RM
+by what its pairs teach, is `laser.server.training.probe`'s. The two loss-based ones:
 
 - `baseline` (default): the advantage of the step's loss over a running baseline that all
   RMs share, `advantage = baseline - loss`, where the baseline is an exponential moving
@@ -45,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from laser.bandit import BaselineAdvantage, PercentileSquash, Selector
+from laser.server.training.probe import ProbeReward
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +56,11 @@ if TYPE_CHECKING:
 ADVANTAGE_WINDOW_STEPS = 20
 """`baseline`: the squash's percentiles are those of the last this-many steps' advantages."""
 
-KINDS = {"baseline": "baseline_advantage", "squashed_loss": "percentile_squash"}
+KINDS = {
+    "baseline": "baseline_advantage",
+    "squashed_loss": "percentile_squash",
+    "probe": "probe_margin",
+}
 """`bandit_reward` -> the laser.bandit state kind its state is saved as."""
 
 
@@ -67,11 +73,14 @@ class BanditReward:
         if rule not in KINDS:
             raise ValueError(f"bandit_reward must be one of {sorted(KINDS)}, got {rule!r}")
         self.rule = rule
-        self.state: BaselineAdvantage | PercentileSquash = (
-            BaselineAdvantage(baseline_weight, window=ADVANTAGE_WINDOW_STEPS * max(1, per_step))
-            if rule == "baseline"
-            else PercentileSquash()
-        )
+        self.state: BaselineAdvantage | PercentileSquash | ProbeReward
+        if rule == "baseline":
+            window = ADVANTAGE_WINDOW_STEPS * max(1, per_step)
+            self.state = BaselineAdvantage(baseline_weight, window=window)
+        elif rule == "probe":
+            self.state = ProbeReward()  # `probe_reward`, not `rewards` (laser...probe)
+        else:
+            self.state = PercentileSquash()
 
     @property
     def baseline(self) -> float | None:
@@ -84,7 +93,20 @@ class BanditReward:
         if isinstance(self.state, BaselineAdvantage):
             out: list[float] = self.state.rewards(losses, step_loss)
             return out
+        if isinstance(self.state, ProbeReward):
+            raise TypeError("the probe reward is computed from margins: use probe_reward")
         return [float(self.state(-float(v))) for v in losses]
+
+    def probe_rewards(self, kinds: Sequence[str], margins: dict[str, float]) -> dict[str, float]:
+        """`probe`: the rewards, per kind of query in `kinds`, of the step after which the
+        probe margins are `margins` (laser.server.training.probe.ProbeReward)."""
+        assert isinstance(self.state, ProbeReward)
+        return self.state.rewards(kinds, margins)
+
+    @property
+    def has_margins(self) -> bool:
+        """`probe`: whether the probe's margins were measured (starting margins known)."""
+        return isinstance(self.state, ProbeReward) and bool(self.state.last)
 
     def restart(self) -> None:
         """At an iteration's start: the loss jumps (new reference), the baseline restarts."""
