@@ -95,7 +95,9 @@ def main() -> None:
     result["experiment_s_this_call"] = round(time.perf_counter() - t0, 1)
     (out / "experiment.json").write_text(json.dumps(result, indent=1))
     plot(out, result)
-    print(json.dumps({k: result[k] for k in ("items", "accuracy", "wall")}, indent=1))
+    table = markdown(result)
+    (out / "experiment.md").write_text(table)
+    print(table)
 
 
 def choice_phase(out: Path, choice: str, settings: dict[str, Any], args: Any) -> dict[str, str]:
@@ -121,6 +123,44 @@ def choice_phase(out: Path, choice: str, settings: dict[str, Any], args: Any) ->
         path.write_text(json.dumps(result, indent=1))
     best: dict[str, str] = json.loads(path.read_text())["best"]
     return best
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README's tables, from `experiment.json` alone."""
+    acc, kinds = result["accuracy"], list(result["items"])
+
+    def ci(c: dict[str, float]) -> str:
+        return f"{c['mean']:+.1f} [{c['lo']:+.1f}, {c['hi']:+.1f}]"
+
+    head = " | ".join(f"{k} ({result['items'][k]})" for k in kinds)
+    lines = [
+        f"| held-out score, % | {head} | after - before, all (95% CI) | LASeR minus it, all |",
+        "|---|" + "---:|" * (len(kinds) + 2),
+        "| before (shared) | " + " | ".join(f"{acc['before'][k]:.1f}" for k in kinds) + " | | |",
+    ]
+    for sel, row in acc.items():
+        if sel == "before":
+            continue
+        vs = row.get(f"minus_{sel}") or acc.get("laser", {}).get(f"minus_{sel}")
+        lines.append(
+            f"| {sel} ({len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}) | "
+            + " | ".join(f"{row['after'][k]:.1f}" for k in kinds)
+            + f" | {ci(row['after_minus_before']['all'])} | "
+            + (ci(vs["all"]) if vs and sel != "laser" else "")
+            + " |"
+        )
+    lines += [
+        "",
+        "| run | steps | wall | sampling | hand-over | RM scoring | DPO | bandit reward |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, w in result["wall"].items():
+        lines.append(
+            f"| {name} | {w['steps']} | {w['wall_s']:.0f} s | {w['generate_s']:.0f} s | "
+            f"{w['handover_s']:.0f} s | {w['score_s']:.0f} s | {w['dpo_s']:.0f} s | "
+            f"{w['reward_s']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(out: Path, result: dict[str, Any]) -> None:
@@ -156,20 +196,26 @@ def plot(out: Path, result: dict[str, Any]) -> None:
     plt.close(fig)
 
     laser = [n for n in result["wall"] if n.startswith("laser")]
-    fig, axes = plt.subplots(1, max(1, len(laser)), figsize=(5 * max(1, len(laser)), 3.4))
-    axes = axes if len(laser) > 1 else [axes]
-    for ax, name in zip(axes, laser, strict=False):
+    kinds_seen = [k for k in kinds if k != "all"]
+    fig, axes = plt.subplots(
+        max(1, len(laser)), len(kinds_seen), figsize=(5 * len(kinds_seen), 3 * max(1, len(laser))),
+        squeeze=False,
+    )  # fmt: skip
+    for row, name in enumerate(laser):
         steps = ex._read_steps(out / name)
         rms = sorted({s["rm"] for s in steps})
-        kinds_seen = sorted({t for s in steps for t in s["tasks"]})
-        for kind, marker in zip(kinds_seen, "os^v", strict=False):
-            mine = [s for s in steps if s["tasks"][0] == kind]
-            ys = [rms.index(s["rm"]) for s in mine]
-            ax.scatter([s["step"] for s in mine], ys, marker=marker, label=kind, alpha=0.7)
-        ax.set_yticks(range(len(rms)), rms)
-        ax.set_xlabel("step")
-        ax.set_title(f"{name}: RM chosen per step, by kind")
-        ax.legend(fontsize=8)
+        for col, kind in enumerate(kinds_seen):
+            ax = axes[row][col]
+            mine = [s["rm"] for s in steps if s["tasks"][0] == kind]
+            xs = range(1, len(mine) + 1)
+            for i, rm in enumerate(rms):
+                share = [mine[: t + 1].count(rm) / (t + 1) for t in range(len(mine))]
+                ax.plot(xs, share, label=rm, color=f"C{i}")
+            ax.set_ylim(0, 1)
+            ax.set_xlabel(f"{kind} steps")
+            ax.set_ylabel("share so far")
+            ax.set_title(f"{name}: RM share on {kind}")
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "rm_share.png", dpi=110)
     plt.close(fig)
