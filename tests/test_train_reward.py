@@ -179,6 +179,22 @@ def test_config_keys_and_flags() -> None:
     cfg = load_train_config(None, **cli.flag_overrides(args))
     assert cfg.bandit_reward == "squashed_loss"
     assert (cfg.bandit.warmup, cfg.bandit.alpha, cfg.bandit.epsilon) == (3, 0.1, 0.05)
+    # The probe reward's settings, and a boolean flag.
+    args = parser.parse_args(
+        ["train", "--bandit-reward", "probe", "--batch-by-task", "true", "--probe-prompts", "4"]
+    )
+    cfg = load_train_config(None, **cli.flag_overrides(args))
+    assert (cfg.bandit_reward, cfg.batch_by_task, cfg.probe_prompts) == ("probe", True, 4)
+    assert cfg.likelihoods == "engine"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--batch-by-task", "maybe"])
+    # A fixed RM per kind of query: every RM named must be one of the run's.
+    per_kind = TrainConfig(selector="fixed", fixed_rm_by_task={"math": "arith", "qa": "grounding"})
+    assert per_kind.label == "fixed:math=arith,qa=grounding"
+    with pytest.raises(ValueError, match="not one of"):
+        TrainConfig(selector="fixed", fixed_rm_by_task={"math": "nope"})
+    with pytest.raises(ValueError, match="only used with selector"):
+        TrainConfig(selector="laser", fixed_rm_by_task={"math": "arith"})
 
 
 @pytest.mark.parametrize("mode", ["batch", "per_query"])

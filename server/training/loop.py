@@ -139,6 +139,8 @@ class Trainer:
         if self.state.eval_before is None and self.held_out:
             log.info("evaluating the starting policy on %d held-out items", len(self.held_out))
             self.state.eval_before = await self.evaluate() if acc.is_main_process else None
+        # The run's wall time starts here: building the probe is part of what LASeR costs.
+        t_start = time.perf_counter() - self.state.elapsed_s
         if self.cfg.bandit_reward == "probe" and self.selector is not None:
             await self._start_probe()
         bar = tqdm(
@@ -149,7 +151,6 @@ class Trainer:
             unit="step",
         )
         last: dict[str, Any] | None = None
-        t_start = time.perf_counter() - self.state.elapsed_s
         self._status("running", last, total)
         for iteration in range(self.state.iteration, self.cfg.iterations):
             self.reward.restart()  # the reference was re-synced: the loss jumps
