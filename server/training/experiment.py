@@ -260,10 +260,41 @@ def report(out: Path, heldout: list[PromptItem]) -> dict[str, Any]:
     return {
         "items": {k: int(m.sum()) for k, m in masks.items()},
         "accuracy": table,
+        "targets": targets(table, walls, selectors, [k for k in masks if k != "all"]),
         "wall": walls,
         "rm_share": {name: rm_share(_read_steps(out / name)) for name in summaries},
         "warm_start": {name: warm_start_steps(_read_steps(out / name)) for name in summaries},
     }
+
+
+def targets(
+    table: dict[str, Any],
+    walls: dict[str, dict[str, Any]],
+    selectors: dict[str, list[str]],
+    kinds: list[str],
+) -> dict[str, Any]:
+    """The issue's targets, read off the table: does some selector's held-out score rise
+    (interval above 0); LASeR against the ensemble and random; LASeR's wall time against the
+    ensemble's and sequential's (mean over seeds); LASeR against the fixed RM per kind."""
+    rising = [
+        s
+        for s, row in table.items()
+        if s != "before" and row["after_minus_before"]["all"]["lo"] > 0
+    ]
+    out: dict[str, Any] = {"selectors_that_rise": rising}
+    if "laser" not in table:
+        return out
+    laser = table["laser"]
+    for other in ("ensemble", "random", "fixed"):
+        if f"minus_{other}" in laser:
+            out[f"laser_minus_{other}"] = laser[f"minus_{other}"]
+    wall = {
+        s: float(np.mean([walls[n]["wall_s"] for n in names])) for s, names in selectors.items()
+    }
+    for other in ("ensemble", "sequential"):
+        if other in wall:
+            out[f"laser_wall_over_{other}"] = round(wall["laser"] / wall[other], 2)
+    return out
 
 
 def rm_share(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
