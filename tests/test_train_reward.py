@@ -324,17 +324,23 @@ def test_probe_reward_favours_what_teaches_over_what_is_easy() -> None:
     assert right["probe"] > 1.5 * 0.2 and right["probe"] > 2 * right["baseline"], right
 
 
-def test_probe_reward_is_the_squashed_margin_change_and_resumes() -> None:
+def test_probe_reward_is_the_change_against_the_kinds_trend_and_resumes() -> None:
     from laser.server.training.probe import ProbeReward
 
-    reward = ProbeReward()
+    reward = ProbeReward(weight=0.5)
     assert reward.rewards(["math"], {"math": 0.0, "qa": 0.0}) == {}  # starting margins
-    assert reward.rewards(["math"], {"math": 0.5, "qa": 0.0}) == {"math": 0.5}  # first change
-    got = reward.rewards(["qa", "math"], {"math": 0.4, "qa": 1.0})
-    assert got["qa"] == 1.0 and got["math"] == 0.0  # +1.0 is the largest change, -0.1 the least
+    assert reward.rewards(["math"], {"math": 0.5, "qa": 0.0}) == {"math": 0.5}  # no trend yet
+    assert reward.baseline == {"math": 0.5}
+    # A change below the kind's trend earns the least, one above it the most: the falling
+    # changes of a drifting run are not every RM's failure.
+    assert reward.rewards(["math"], {"math": 0.9, "qa": 0.0}) == {"math": 0.5}  # +0.4 vs 0.5
+    assert reward.rewards(["math"], {"math": 1.2, "qa": 0.0})["math"] == 0.0  # +0.3 vs 0.45
+    assert reward.rewards(["math"], {"math": 1.9, "qa": 0.0})["math"] == 1.0  # +0.7 vs 0.375
+    got = reward.rewards(["qa", "math"], {"math": 1.9, "qa": 1.0})
+    assert got["qa"] == 0.5  # the first change of another kind
     again = ProbeReward()
     again.load_state_dict(from_bytes(to_bytes(reward)))
-    assert again.last == reward.last
+    assert (again.last, again.baseline, again.weight) == (reward.last, reward.baseline, 0.5)
     assert again.rewards(["qa"], {"qa": 1.2, "math": 0.4}) == reward.rewards(
         ["qa"], {"qa": 1.2, "math": 0.4}
     )

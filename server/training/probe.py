@@ -15,8 +15,9 @@ on a small fixed set of label-free preference pairs of each kind of query:
    (`ProbeMargins.measure`, at engine speed with vLLM: its prompt logprobs over the weights
    the sampler holds after the hand-over).
 3. After each DPO step the margins are measured again; the RM the step used for prompts of
-   kind k earns the change of kind k's margin, `after - before`, squashed to [0, 1] by the
-   20th/80th percentiles of the last 20 changes (`ProbeReward`). One step's change is its
+   kind k earns the change of kind k's margin, `after - before`, against a moving average of
+   that kind's earlier changes, squashed to [0, 1] by the 20th/80th percentiles of the last
+   20 such advantages (`ProbeReward`). One step's change is its
    own doing: the margins are measured right before and right after it. Batches are best
    one kind each (`batch_by_task`), so that a step's change belongs to one RM and one kind.
 
@@ -158,12 +159,24 @@ class ProbeMargins:
 
 
 class ProbeReward:
-    """The squashed change of a kind's probe margin; keeps the last margins measured."""
+    """The change of a kind's probe margin over a step, against a running baseline of that
+    kind's earlier changes, squashed; keeps the last margins measured.
+
+    The changes drift as training goes on (while the policy moves, later steps change the
+    margins less, or Adam's momentum carries earlier steps' direction), and that drift is no
+    RM's doing: measured raw, every later change is the smallest so far and the squash
+    gives every RM 0. So, as the `baseline` loss reward does for the loss, each change is
+    compared with an exponential moving average of the kind's previous changes (weight
+    `weight` on the newest, whatever RM made them), and the advantage `change - baseline`
+    is squashed to [0, 1] by the 20th/80th percentiles of the last `window` advantages. A
+    kind's first change, with no baseline yet, earns 0.5."""
 
     kind = "probe_margin"
 
-    def __init__(self, window: int = PROBE_WINDOW) -> None:
+    def __init__(self, window: int = PROBE_WINDOW, weight: float = 0.3) -> None:
         self.squash = PercentileSquash(window)
+        self.weight = weight
+        self.baseline: dict[str, float] = {}
         self.last: dict[str, float] = {}
 
     def rewards(self, kinds: Sequence[str], after: dict[str, float]) -> dict[str, float]:
@@ -173,17 +186,30 @@ class ProbeReward:
         out = {}
         for kind in dict.fromkeys(kinds):
             before, now = self.last.get(kind), after.get(kind)
-            if before is not None and now is not None:
-                out[kind] = float(self.squash(now - before))
+            if before is None or now is None:
+                continue
+            change = now - before
+            base = self.baseline.get(kind)
+            out[kind] = 0.5 if base is None else float(self.squash(change - base))
+            w = self.weight
+            self.baseline[kind] = change if base is None else (1.0 - w) * base + w * change
         self.last.update(after)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         inner = self.squash.state_dict()
-        inner["meta"] = {**inner["meta"], "kind": self.kind, "last": dict(self.last)}
+        inner["meta"] = {
+            **inner["meta"],
+            "kind": self.kind,
+            "last": dict(self.last),
+            "baseline": dict(self.baseline),
+            "weight": self.weight,
+        }
         return inner
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         meta = state["meta"]
         self.last = {str(k): float(v) for k, v in meta.get("last", {}).items()}
+        self.baseline = {str(k): float(v) for k, v in meta.get("baseline", {}).items()}
+        self.weight = float(meta.get("weight", self.weight))
         self.squash.load_state_dict(state)
