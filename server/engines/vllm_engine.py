@@ -349,9 +349,20 @@ class VLLMEngine(EngineBase):
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         key = digest(prefix)
         distinct = list(dict.fromkeys(continuations))
-        results = await asyncio.gather(
-            *(self._score_continuation(key, prefix_ids, t, reuse_prefix) for t in distinct)
+        first: list[Scored | float] = []
+        if reuse_prefix and self._weights_replaced and len(distinct) > 1:
+            # A trainer's engine: its prefix cache was reset with the weights and the prefix
+            # was not computed by a generation, so requests sent together would each prefill
+            # it. The first one fills the cache; its siblings then compute only their own
+            # tokens (a third of the tokens for 8 candidates after a 250-token prompt).
+            first = [await self._score_continuation(key, prefix_ids, distinct[0], True)]
+        rest = await asyncio.gather(
+            *(
+                self._score_continuation(key, prefix_ids, t, reuse_prefix)
+                for t in distinct[len(first) :]
+            )
         )
+        results = [*first, *rest]
         requests = [r for r in results if isinstance(r, Scored)]
         await self._rescore(fill_from_siblings(requests))
         scores = {
