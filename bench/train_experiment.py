@@ -24,6 +24,7 @@ from typing import Any
 
 from laser.server.data import load_prompts
 from laser.server.training import experiment as ex
+from laser.server.training.report import read_steps
 
 RMS = ("arith", "grounding", "loglik", "agreement")
 
@@ -202,7 +203,7 @@ def plot(out: Path, result: dict[str, Any]) -> None:
         squeeze=False,
     )  # fmt: skip
     for row, name in enumerate(laser):
-        steps = ex._read_steps(out / name)
+        steps = read_steps(out / name / "steps.jsonl")
         rms = sorted({s["rm"] for s in steps})
         for col, kind in enumerate(kinds_seen):
             ax = axes[row][col]
@@ -223,7 +224,7 @@ def plot(out: Path, result: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colours: dict[str, Any] = {}
     for name in laser:
-        for s in ex._read_steps(out / name):
+        for s in read_steps(out / name / "steps.jsonl"):
             if s.get("loss") is None:
                 continue
             c = colours.setdefault(s["rm"], f"C{len(colours)}")

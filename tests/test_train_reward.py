@@ -188,6 +188,8 @@ def test_config_keys_and_flags() -> None:
     assert cfg.likelihoods == "engine"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--batch-by-task", "maybe"])
+    with pytest.raises(ValueError, match="probe"):
+        TrainConfig(bandit_reward="probe", handover="lora")
     # A fixed RM per kind of query: every RM named must be one of the run's.
     per_kind = TrainConfig(selector="fixed", fixed_rm_by_task={"math": "arith", "qa": "grounding"})
     assert per_kind.label == "fixed:math=arith,qa=grounding"

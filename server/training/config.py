@@ -213,6 +213,10 @@ class TrainConfig(BaseModel):
             raise ValueError("fixed_rm and fixed_rm_by_task are only used with selector = 'fixed'")
         if self.selector != "laser" and self.bandit_mode == "per_query":
             raise ValueError("bandit_mode = 'per_query' needs selector = 'laser'")
+        if self.bandit_reward == "probe" and self.engine == "vllm" and self.handover == "lora":
+            # The probe's margins are the engine's likelihoods of the weights it holds; with
+            # the adapter on vLLM's LoRA path (CPU) it has no such likelihoods.
+            raise ValueError("bandit_reward = 'probe' needs handover = 'merged' or engine = 'hf'")
         if self.pairs_per_prompt >= self.n:
             raise ValueError(f"pairs_per_prompt ({self.pairs_per_prompt}) must be < n ({self.n})")
         return self

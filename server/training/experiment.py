@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from laser.server.data import PromptItem, arithmetic_items, write_prompts
+from laser.server.training.report import read_steps
 
 log = logging.getLogger("laser.server.training")
 
@@ -200,13 +201,6 @@ def _ci(diffs: Sequence[float]) -> dict[str, float]:
     return {"mean": round(100 * m, 2), "lo": round(100 * lo, 2), "hi": round(100 * hi, 2)}
 
 
-def _read_steps(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "steps.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 STAGES = ("generate_s", "handover_s", "score_s", "dpo_s", "reward_s")
 
 
@@ -249,9 +243,9 @@ def report(out: Path, heldout: list[PromptItem]) -> dict[str, Any]:
                 table["laser"][f"minus_{sel}"] = {
                     k: _ci((sel_after["laser"] - vals)[m]) for k, m in masks.items()
                 }
+    steps_of = {name: read_steps(out / name / "steps.jsonl") for name in summaries}
     walls = {}
-    for name in summaries:
-        steps = _read_steps(out / name)
+    for name, steps in steps_of.items():
         walls[name] = {
             "wall_s": round(summaries[name]["wall_s"], 1),
             "steps": len(steps),
@@ -260,10 +254,10 @@ def report(out: Path, heldout: list[PromptItem]) -> dict[str, Any]:
     return {
         "items": {k: int(m.sum()) for k, m in masks.items()},
         "accuracy": table,
-        "targets": targets(table, walls, selectors, [k for k in masks if k != "all"]),
+        "targets": targets(table, walls, selectors),
         "wall": walls,
-        "rm_share": {name: rm_share(_read_steps(out / name)) for name in summaries},
-        "warm_start": {name: warm_start_steps(_read_steps(out / name)) for name in summaries},
+        "rm_share": {name: rm_share(steps) for name, steps in steps_of.items()},
+        "warm_start": {name: warm_start_steps(steps) for name, steps in steps_of.items()},
     }
 
 
@@ -271,7 +265,6 @@ def targets(
     table: dict[str, Any],
     walls: dict[str, dict[str, Any]],
     selectors: dict[str, list[str]],
-    kinds: list[str],
 ) -> dict[str, Any]:
     """The issue's targets, read off the table: does some selector's held-out score rise
     (interval above 0); LASeR against the ensemble and random; LASeR's wall time against the

@@ -308,9 +308,14 @@ class Trainer:
             adapter = await self.sampler.adapter(self.state.step)
             sampling = Sampling(self.cfg.n, self.cfg.max_tokens, self.cfg.temperature)
             pairs = await build_probe(
-                self.items, self.prompts, self.engine, self.rms, self.cfg.probe_prompts, sampling
+                self.items,
+                self.prompts,
+                self.engine,
+                self.rms,
+                self.cfg.probe_prompts,
+                sampling,
+                adapter,
             )
-            assert adapter is None or self.cfg.handover == "lora"
             if self.policy.acc.is_main_process:
                 save_probe(self.out, pairs)
         self.probe = ProbeMargins(pairs, self.prompts)

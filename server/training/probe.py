@@ -46,7 +46,7 @@ from laser.server.rms.builtin import normalized_mean
 
 if TYPE_CHECKING:
     from laser.server.data import PromptItem
-    from laser.server.engines.base import Engine
+    from laser.server.engines.base import Adapter, Engine
     from laser.server.rms.base import RewardModel
     from laser.server.training.parts import Policy
 
@@ -74,6 +74,7 @@ async def build_probe(
     rms: dict[str, RewardModel],
     per_kind: int,
     sampling: Sampling,
+    adapter: Adapter | None = None,
 ) -> list[ProbePair]:
     """One consensus pair for each of the first `per_kind` prompts of every kind (see the
     module docstring); a prompt whose samples all tie under the consensus gives none."""
@@ -84,7 +85,7 @@ async def build_probe(
         if seen.get(k, 0) < per_kind:
             seen[k] = seen.get(k, 0) + 1
             chosen.append(i)
-    gens = await engine.generate_batch([prompts[i] for i in chosen], sampling, None)
+    gens = await engine.generate_batch([prompts[i] for i in chosen], sampling, adapter)
     pairs = []
     for i, gen in zip(chosen, gens, strict=True):
         it = items[i]
