@@ -22,14 +22,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _training import ROOT, train_steps
+
 VARIANTS = {
     "merged": ["--handover", "merged"],
     "lora": ["--handover", "lora"],
@@ -38,28 +35,18 @@ VARIANTS = {
 
 
 def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix=f"handover-{name}-") as out:
-        cmd = [
-            str(ROOT / ".venv" / "bin" / "laser-server"),
-            "train",
-            "--demo", str(args.prompts),
-            "--iterations", "1",
-            "--batch-size", str(args.batch_size),
-            "--n", str(args.n),
-            "--max-tokens", str(args.max_tokens),
-            "--lr", "1e-4",
-            "--selector", "fixed",
-            "--fixed-rm", "arith",
-            "--output-dir", out,
-            *VARIANTS[name],
-        ]  # fmt: skip
-        print(f"[{name}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"[{name}] failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        steps = [json.loads(line) for line in Path(out, "steps.jsonl").read_text().splitlines()]
+    flags = [
+        "--demo", str(args.prompts),
+        "--iterations", "1",
+        "--batch-size", str(args.batch_size),
+        "--n", str(args.n),
+        "--max-tokens", str(args.max_tokens),
+        "--lr", "1e-4",
+        "--selector", "fixed",
+        "--fixed-rm", "arith",
+        *VARIANTS[name],
+    ]  # fmt: skip
+    steps, wall = train_steps(f"handover-{name}", flags, args.timeout)
     rows = [
         {
             "step": s["step"],

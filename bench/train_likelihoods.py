@@ -23,41 +23,28 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _training import ROOT, train_steps
 
 
 def _run(rm: str, likelihoods: str, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix=f"lik-{rm}-{likelihoods}-") as out:
-        cmd = [
-            str(ROOT / ".venv" / "bin" / "laser-server"),
-            "train",
-            "--demo", str(args.prompts),
-            "--demo-eval", "1",
-            "--iterations", "1",
-            "--batch-size", str(args.batch_size),
-            "--n", str(args.n),
-            "--max-tokens", str(args.max_tokens),
-            "--lr", "1e-4",
-            "--selector", "fixed",
-            "--fixed-rm", rm,
-            "--likelihoods", likelihoods,
-            "--output-dir", out,
-            "--no-progress",
-        ]  # fmt: skip
-        print(f"[{rm}/{likelihoods}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"[{rm}/{likelihoods}] failed:\n{proc.stderr[-3000:]}")
-        steps = [json.loads(line) for line in Path(out, "steps.jsonl").read_text().splitlines()]
+    flags = [
+        "--demo", str(args.prompts),
+        "--demo-eval", "1",
+        "--iterations", "1",
+        "--batch-size", str(args.batch_size),
+        "--n", str(args.n),
+        "--max-tokens", str(args.max_tokens),
+        "--lr", "1e-4",
+        "--selector", "fixed",
+        "--fixed-rm", rm,
+        "--likelihoods", likelihoods,
+        "--no-progress",
+    ]  # fmt: skip
+    steps, wall = train_steps(f"lik-{rm}-{likelihoods}", flags, args.timeout)
     later = steps[1:]
     score = statistics.median(s["score_s"] for s in later)
     sampling = statistics.median(s["generate_s"] + s["handover_s"] for s in later)
